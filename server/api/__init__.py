@@ -1,1 +1,1 @@
-"""placeholder"""
+"""gRPC servicers and interceptors: validate each request, then hand it to the store."""

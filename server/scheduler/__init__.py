@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Scheduler: claims queued jobs, runs one worker process per job, records outcomes."""

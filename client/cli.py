@@ -1,0 +1,298 @@
+"""The `tunevault` command: serve the appliance, or talk to one (stdout for data, stderr for talk)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from tunevault.client.client import DEFAULT_ADDRESS, Client
+from tunevault.client.watch import watch_job
+from tunevault.v1 import tunevault_pb2 as pb
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _print_json(message: Any) -> None:
+    data = MessageToDict(message, preserving_proto_field_name=True) if hasattr(message, "DESCRIPTOR") else message
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _state_name(value: int) -> str:
+    return pb.JobState.Name(value).removeprefix("JOB_STATE_")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.address, args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                  tls_server_name=args.tls_server_name)
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+# Commands -------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from tunevault.server.app import run
+        from tunevault.server.config import ServerConfig, default_data_dir
+    except ImportError as error:
+        raise SystemExit(f"`tunevault serve` needs the server extra: pip install 'tunevault[server]' ({error})")
+    config = ServerConfig(
+        data_dir=args.data_dir or default_data_dir(), models_dir=args.models_dir, listen=args.listen, metrics_listen=args.metrics_listen,
+        max_concurrent_jobs=args.max_concurrent_jobs, shutdown_grace_seconds=args.shutdown_grace,
+        tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
+    )
+    run(config)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "import":
+        from tunevault.server.training.model_import import main as import_main
+        argv = ["--models-dir", str(args.models_dir)] + (["--name", args.name] if args.name else [])
+        return import_main(argv + ([str(args.path)] if args.path else ["--default"]))
+    with _client(args) as client:
+        models = client.list_models()
+    if args.json:
+        _print_json({"models": [MessageToDict(m, preserving_proto_field_name=True) for m in models]})
+    for model in [] if args.json else models:
+        print(f"{model.name}\t{model.architecture}\t{model.size_bytes / 1e6:.0f} MB")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        dataset = client.upload_dataset(args.file)
+    if args.json:
+        _print_json(dataset)
+    else:
+        print(dataset.id)
+        _say(f"uploaded {args.file} as {dataset.id}: {dataset.row_count} rows, sha256 {dataset.sha256}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    hyperparameters = _parse_sets(args.set)
+    with _client(args) as client:
+        train = client.upload_dataset(args.file)
+        _say(f"uploaded {args.file}: {train.row_count} rows ({train.id})")
+        validation_id = ""
+        if args.validation_file:
+            validation = client.upload_dataset(args.validation_file)
+            validation_id = validation.id
+            _say(f"uploaded {args.validation_file}: {validation.row_count} rows ({validation.id})")
+        job = client.create_job(train.id, args.model, hyperparameters, validation_dataset_id=validation_id,
+                                idempotency_key=args.idempotency_key, display_name=args.name or "")
+        print(job.id, flush=True)
+        _say(f"job {job.id} is {_state_name(job.state)}")
+        return watch_job(client, job.id) if args.wait else 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    states = [pb.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
+    with _client(args) as client:
+        response = client.list_jobs(states=states, page_size=args.limit, page_token=args.page_token)
+    if args.json:
+        _print_json(response)
+        return 0
+    for job in response.jobs:
+        progress = f"{job.step}/{job.total_steps}" if job.total_steps else "-"
+        print(f"{job.id}\t{_state_name(job.state)}\t{job.base_model}\t{progress}\t{job.display_name}")
+    if response.next_page_token:
+        _say(f"more: --page-token {response.next_page_token}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.job:
+            job = client.get_job(args.job)
+            if args.json:
+                _print_json(job)
+            else:
+                _print_job(job)
+            return 0
+        jobs = list(client.list_jobs(page_size=500).jobs)
+        health = client.health()
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[_state_name(job.state)] = counts.get(_state_name(job.state), 0) + 1
+    running = [j for j in jobs if j.state == pb.JOB_STATE_RUNNING]
+    if args.json:
+        _print_json({"health": health, "jobs_by_state": counts,
+                     "running": [MessageToDict(j, preserving_proto_field_name=True) for j in running]})
+        return 0
+    print(f"appliance {args.address}: {health}")
+    print("jobs (latest 500): " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "none"))
+    for job in running:
+        print(f"running {job.id}: step {job.step}/{job.total_steps}, {job.trained_tokens} tokens")
+    return 0
+
+
+def _print_job(job: pb.Job) -> None:
+    print(f"{job.id}  {_state_name(job.state)}  model {job.base_model}  step {job.step}/{job.total_steps}")
+    if job.HasField("error"):
+        print(f"error {job.error.code}: {job.error.message}")
+    for key, value in sorted(job.result.metrics.items()):
+        print(f"  {key} = {value:.4g}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return watch_job(client, args.job)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for event in client.stream_events(args.job, after_sequence=args.after, follow=args.follow):
+            if args.json:
+                print(json.dumps(MessageToDict(event, preserving_proto_field_name=True), sort_keys=True), flush=True)
+            else:
+                figures = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
+                print(f"{event.sequence}\t{event.type}\t{event.message}\t{figures}", flush=True)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel_job(args.job)
+    _say(f"job {job.id} is {_state_name(job.state)}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        path = client.download_artifact(args.job, args.output)
+    print(path)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if bool(args.base) == bool(args.job):
+        raise SystemExit("give either JOB or --base MODEL")
+    with _client(args) as client:
+        response = client.generate(args.prompt, job_id=args.job or "", base_model=args.base or "",
+                                   max_tokens=args.max_tokens, temperature=args.temperature, stop=args.stop)
+    print(response.text)
+    return 0
+
+
+# Parser -------------------------------------------------------------------------------
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=os.environ.get("TUNEVAULT_ADDRESS", DEFAULT_ADDRESS),
+                        help="HOST:PORT of the appliance (env TUNEVAULT_ADDRESS)")
+    parser.add_argument("--token", default=os.environ.get("TUNEVAULT_TOKEN"), help="API token (env TUNEVAULT_TOKEN)")
+    parser.add_argument("--tls-ca", type=Path, default=os.environ.get("TUNEVAULT_TLS_CA"),
+                        help="CA bundle that signed the server certificate: enables TLS")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client private key, for mutual TLS")
+    parser.add_argument("--tls-server-name", help="expected server name when it differs from the address")
+    parser.add_argument("--json", action="store_true", help="print structured data as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunevault", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the appliance")
+    serve.add_argument("--data-dir", type=Path, default=None, help="database, datasets and artifacts")
+    serve.add_argument("--models-dir", type=Path, default=os.environ.get("TUNEVAULT_MODELS_DIR"),
+                       help="model store (default DATA_DIR/models; env TUNEVAULT_MODELS_DIR)")
+    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--metrics-listen", default="127.0.0.1:9464")
+    serve.add_argument("--max-concurrent-jobs", type=int, default=1, help="one per GPU")
+    serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds SIGTERM waits to drain")
+    serve.add_argument("--tls-cert", dest="tls_cert_file", type=Path)
+    serve.add_argument("--tls-key", dest="tls_key_file", type=Path)
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")
+    serve.set_defaults(handler=cmd_serve)
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        _connection_options(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    models = add("models", cmd_models, "list the model store, or import a model into it")
+    models.add_argument("models_command", nargs="?", choices=["list", "import"], default="list")
+    models.add_argument("path", nargs="?", type=Path, help="import: a local HF directory or .gguf file")
+    models.add_argument("--name", help="import: the model's name in the store")
+    models.add_argument("--models-dir", type=Path, default=os.environ.get("TUNEVAULT_MODELS_DIR"),
+                        help="import: the model store directory")
+
+    upload = add("upload", cmd_upload, "upload a dataset; prints its id")
+    upload.add_argument("file", type=Path)
+
+    submit = add("submit", cmd_submit, "upload a dataset and create a job; prints the job id")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--model", required=True, help="base model, as `tunevault models` lists it")
+    submit.add_argument("--validation-file", type=Path)
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
+    submit.add_argument("--name", help="a label for people")
+    submit.add_argument("--idempotency-key", help="retrying with the same key never makes a second job")
+    submit.add_argument("--wait", action="store_true", help="watch the job until it ends")
+
+    jobs = add("jobs", cmd_jobs, "list jobs, newest first")
+    jobs.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--page-token", default="")
+
+    status = add("status", cmd_status, "one job in detail, or the appliance at a glance")
+    status.add_argument("job", nargs="?")
+
+    watch = add("watch", cmd_watch, "follow a job with a progress bar; exit 0 only if it succeeds")
+    watch.add_argument("job")
+
+    events = add("events", cmd_events, "print a job's events")
+    events.add_argument("job")
+    events.add_argument("--after", type=int, default=0, help="only events after this sequence number")
+    events.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+
+    cancel = add("cancel", cmd_cancel, "cancel a queued or running job")
+    cancel.add_argument("job")
+
+    download = add("download", cmd_download, "download a finished job's adapter archive")
+    download.add_argument("job")
+    download.add_argument("-o", "--output", type=Path, default=Path("."), help="file or folder")
+
+    generate = add("generate", cmd_generate, "complete a prompt with a job's adapter (or --base MODEL)")
+    generate.add_argument("job", nargs="?")
+    generate.add_argument("prompt")
+    generate.add_argument("--base", help="use this base model without an adapter")
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
+    generate.add_argument("--stop", action="append", default=[])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except grpc.RpcError as error:
+        _say(f"error: {error.code().name}: {error.details()}")
+        return 2
+    except (OSError, ValueError) as error:
+        _say(f"error: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Client: a thin, typed wrapper over the tunevault.v1 gRPC API (grpcio + protobuf only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tunevault.v1 import tunevault_pb2 as pb
+from tunevault.v1 import tunevault_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 1024 * 1024
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+# Retries live in the channel's service config, not in code: UNAVAILABLE (server restarting)
+# is retried with backoff for every method. CreateJob is safe to retry because the client
+# always sends an idempotency key.
+_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "tunevault.v1.TuneVault"}],
+        "retryPolicy": {
+            "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
+
+
+class Client:
+    """One channel to one appliance. Every method raises grpc.RpcError on a failed call."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, *,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 tls_server_name: str | None = None, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if tls_ca or tls_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca.read_bytes() if tls_ca else None,
+                private_key=tls_key.read_bytes() if tls_key else None,
+                certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+            )
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.TuneVaultStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Datasets ------------------------------------------------------------------------
+
+    def upload_dataset(self, path: Path, name: str | None = None, timeout: float | None = None) -> pb.Dataset:
+        def requests() -> Iterator[pb.UploadDatasetRequest]:
+            yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name or path.name,
+                                                                      format=pb.DATASET_FORMAT_CHAT_JSONL))
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                    yield pb.UploadDatasetRequest(chunk=chunk)
+        return self._stub.UploadDataset(requests(), metadata=self._metadata, timeout=timeout).dataset
+
+    def get_dataset(self, dataset_id: str) -> pb.Dataset:
+        return self._stub.GetDataset(pb.GetDatasetRequest(dataset_id=dataset_id), metadata=self._metadata).dataset
+
+    def list_datasets(self, page_size: int = 0, page_token: str = "") -> pb.ListDatasetsResponse:
+        return self._stub.ListDatasets(pb.ListDatasetsRequest(page_size=page_size, page_token=page_token),
+                                       metadata=self._metadata)
+
+    # Jobs ----------------------------------------------------------------------------
+
+    def create_job(self, dataset_id: str, base_model: str, hyperparameters: dict[str, Any] | None = None, *,
+                   validation_dataset_id: str = "", idempotency_key: str | None = None,
+                   display_name: str = "") -> pb.Job:
+        request = pb.CreateJobRequest(
+            dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
+            hyperparameters=hyperparameters_message(hyperparameters or {}),
+            idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
+        )
+        return self._stub.CreateJob(request, metadata=self._metadata).job
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self._metadata).job
+
+    def list_jobs(self, states: list[int] | None = None, page_size: int = 0, page_token: str = "") -> pb.ListJobsResponse:
+        request = pb.ListJobsRequest(states=states or [], page_size=page_size, page_token=page_token)
+        return self._stub.ListJobs(request, metadata=self._metadata)
+
+    def cancel_job(self, job_id: str) -> pb.Job:
+        return self._stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self._metadata).job
+
+    def stream_events(self, job_id: str, after_sequence: int = 0, follow: bool = True) -> Iterator[pb.JobEvent]:
+        request = pb.StreamJobEventsRequest(job_id=job_id, after_sequence=after_sequence, no_follow=not follow)
+        return self._stub.StreamJobEvents(request, metadata=self._metadata)
+
+    # Models, artifacts, generation ---------------------------------------------------
+
+    def list_models(self) -> list[pb.Model]:
+        return list(self._stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata).models)
+
+    def download_artifact(self, job_id: str, destination: Path) -> Path:
+        """Writes the adapter archive to `destination` (a file, or a folder to put it in).
+
+        The SHA-256 the server announced is checked before the file gets its final name.
+        """
+        stream = self._stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id), metadata=self._metadata)
+        digest, expected, target, temporary, handle = hashlib.sha256(), "", destination, None, None
+        try:
+            for message in stream:
+                if handle is None:
+                    expected = message.sha256
+                    target = destination / message.filename if destination.is_dir() else destination
+                    temporary = target.with_name(target.name + ".part")
+                    handle = temporary.open("wb")
+                digest.update(message.chunk)
+                handle.write(message.chunk)
+        finally:
+            if handle is not None:
+                handle.close()
+        if temporary is None:
+            raise RuntimeError(f"the server sent no bytes for job {job_id}")
+        if expected and digest.hexdigest() != expected:
+            temporary.unlink(missing_ok=True)
+            raise RuntimeError(f"download of {job_id} is corrupt: sha256 {digest.hexdigest()} != {expected}")
+        temporary.replace(target)
+        return target
+
+    def generate(self, prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
+                 temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None,
+                 timeout: float | None = 600) -> pb.GenerateResponse:
+        request = pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, stop=stop or [])
+        return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        """The grpc.health.v1 status name, e.g. "SERVING" (imported lazily: health is optional)."""
+        request = _health_request(service)
+        method = self._channel.unary_unary("/grpc.health.v1.Health/Check",
+                                           request_serializer=lambda r: r,
+                                           response_deserializer=_health_status_name)
+        return method(request, timeout=timeout)
+
+
+def _health_request(service: str) -> bytes:
+    # grpc.health.v1.HealthCheckRequest is {string service = 1}; encoded by hand so the thin
+    # client does not need the grpcio-health-checking package.
+    encoded = service.encode()
+    return (b"\x0a" + bytes([len(encoded)]) + encoded) if encoded else b""
+
+
+def _health_status_name(data: bytes) -> str:
+    names = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+    return names.get(data[1], "UNKNOWN") if len(data) >= 2 and data[0] == 0x08 else "UNKNOWN"
+
+
+def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
+    """Builds the message from a dict, converting "2e-4"-style strings by the field's type."""
+    message = pb.Hyperparameters()
+    fields = pb.Hyperparameters.DESCRIPTOR.fields_by_name
+    for name, value in values.items():
+        if name not in fields:
+            raise ValueError(f"unknown hyperparameter {name!r} (known: {', '.join(sorted(fields))})")
+        field = fields[name]
+        if field.label == field.LABEL_REPEATED:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            getattr(message, name).extend(i.strip() for i in items if i.strip())
+        elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
+            setattr(message, name, int(value))
+        elif field.type == field.TYPE_DOUBLE:
+            setattr(message, name, float(value))
+        else:
+            setattr(message, name, str(value))
+    return message

@@ -1,0 +1,85 @@
+"""Store records and plain dicts to protobuf messages and back: the edge of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tunevault.server.errors import InvalidArgument
+from tunevault.server.store import DatasetRecord, EventRecord, JobRecord, JobState
+from tunevault.v1 import tunevault_pb2 as pb
+
+_SCALAR_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.name != "lora_target_modules"]
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    value = Timestamp()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def hyperparameters_to_dict(message: pb.Hyperparameters) -> dict[str, Any]:
+    """Only the fields the client set: an unset field stays "auto"."""
+    values: dict[str, Any] = {name: getattr(message, name) for name in _SCALAR_HYPERPARAMETERS if message.HasField(name)}
+    if message.lora_target_modules:
+        values["lora_target_modules"] = list(message.lora_target_modules)
+    return values
+
+
+def hyperparameters_to_proto(values: dict[str, Any]) -> pb.Hyperparameters:
+    message = pb.Hyperparameters()
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name == "lora_target_modules":
+            message.lora_target_modules.extend(value)
+        elif name in _SCALAR_HYPERPARAMETERS:
+            setattr(message, name, value)
+    return message
+
+
+def job_state_to_proto(state: JobState) -> int:
+    return pb.JobState.Value(f"JOB_STATE_{state.value}")
+
+
+def job_state_from_proto(value: int) -> JobState:
+    if value not in pb.JobState.values() or value == pb.JOB_STATE_UNSPECIFIED:
+        raise InvalidArgument("states", f"unknown job state {value}")
+    return JobState(pb.JobState.Name(value).removeprefix("JOB_STATE_"))
+
+
+def dataset_to_proto(record: DatasetRecord) -> pb.Dataset:
+    return pb.Dataset(
+        id=record.id, name=record.name, sha256=record.sha256, row_count=record.row_count,
+        size_bytes=record.size_bytes, format=pb.DATASET_FORMAT_CHAT_JSONL, created_at=timestamp(record.created_at),
+    )
+
+
+def job_to_proto(job: JobRecord) -> pb.Job:
+    message = pb.Job(
+        id=job.id, state=job_state_to_proto(job.state), dataset_id=job.dataset_id,
+        validation_dataset_id=job.validation_dataset_id or "", base_model=job.base_model,
+        hyperparameters=hyperparameters_to_proto(job.resolved_hyperparameters or job.hyperparameters),
+        idempotency_key=job.idempotency_key or "", display_name=job.display_name,
+        created_at=timestamp(job.created_at), started_at=timestamp(job.started_at),
+        finished_at=timestamp(job.finished_at), trained_tokens=job.trained_tokens, step=job.step,
+        total_steps=job.total_steps, attempt=job.attempt,
+    )
+    if job.error_code:
+        message.error.CopyFrom(pb.JobError(code=job.error_code, message=job.error_message or ""))
+    if job.result:
+        message.result.CopyFrom(pb.JobResult(
+            adapter_path=job.result.get("adapter_path", ""), metrics=job.result.get("metrics", {}),
+            artifact_size_bytes=int(job.result.get("artifact_size_bytes", 0)),
+        ))
+    return message
+
+
+def event_to_proto(event: EventRecord) -> pb.JobEvent:
+    return pb.JobEvent(
+        sequence=event.sequence, job_id=event.job_id, type=event.type, message=event.message,
+        metrics=event.metrics, created_at=timestamp(event.created_at), state=job_state_to_proto(event.state),
+    )

@@ -1,0 +1,68 @@
+"""Receiving a client-streamed dataset: size-capped, hashed while written, checked, then stored."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tunevault.server.datasets import check_chat_jsonl
+from tunevault.server.errors import InvalidArgument, ResourceExhausted
+from tunevault.server.store import DatasetRecord, Store
+from tunevault.server.store.ids import new_id
+from tunevault.v1 import tunevault_pb2 as pb
+
+MAX_NAME_CHARS = 200
+
+
+def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, data_dir: Path,
+                    max_bytes: int) -> DatasetRecord:
+    """Stores an upload whose first message is metadata and the rest chunks.
+
+    The bytes land in a temporary file first; only a dataset that passes the check is
+    renamed into place and recorded, so a refused upload leaves nothing behind.
+    """
+    first = next(requests, None)
+    if first is None or first.WhichOneof("payload") != "metadata":
+        raise InvalidArgument("metadata", "the first message of an upload must carry the metadata")
+    metadata = first.metadata
+    if len(metadata.name) > MAX_NAME_CHARS:
+        raise InvalidArgument("metadata.name", f"longer than {MAX_NAME_CHARS} characters")
+    if metadata.format not in (pb.DATASET_FORMAT_UNSPECIFIED, pb.DATASET_FORMAT_CHAT_JSONL):
+        raise InvalidArgument("metadata.format", f"unsupported dataset format {metadata.format}")
+
+    dataset_id = new_id("ds")
+    relative = Path("datasets") / f"{dataset_id}.jsonl"
+    final_path = data_dir / relative
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final_path.with_suffix(".incoming")
+    try:
+        sha256, size = _write_chunks(requests, temporary, max_bytes)
+        with temporary.open("rb") as handle:
+            check = check_chat_jsonl(handle)
+        if not check.ok:
+            raise InvalidArgument("dataset", check.summary())
+        os.replace(temporary, final_path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return store.insert_dataset(
+        dataset_id=dataset_id, name=metadata.name or dataset_id, sha256=sha256, row_count=check.row_count,
+        size_bytes=size, format="chat_jsonl", path=str(relative),
+    )
+
+
+def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_bytes: int) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("wb") as handle:
+        for index, request in enumerate(requests, start=1):
+            if request.WhichOneof("payload") != "chunk":
+                raise InvalidArgument(f"message {index}", "only the first message may carry metadata")
+            size += len(request.chunk)
+            if size > max_bytes:
+                raise ResourceExhausted(f"upload larger than the limit max_upload_bytes={max_bytes}")
+            digest.update(request.chunk)
+            handle.write(request.chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest(), size

@@ -1,0 +1,110 @@
+"""The server process: wires store, scheduler, inference and gRPC together, and shuts down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tunevault.server.api.errors import ErrorInterceptor
+from tunevault.server.api.servicer import TuneVaultServicer, add_to_server
+from tunevault.server.config import ServerConfig
+from tunevault.server.inference_client import InferenceProcess
+from tunevault.server.metrics import serve_metrics
+from tunevault.server.scheduler.scheduler import Scheduler
+from tunevault.server.store import Store
+from tunevault.v1 import tunevault_pb2 as pb
+
+log = logging.getLogger("tunevault.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TuneVault"].full_name
+
+
+def app_version() -> str:
+    try:
+        return version("tunevault")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    assert config.tls_key is not None, "--tls-key is required with --tls-cert"
+    client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )
+
+
+class App:
+    """Owns every long-lived part of the server and the order in which they start and stop."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        for folder in (config.data_dir, config.datasets_dir, config.jobs_dir, config.resolved_models_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.database_path)
+        self.scheduler = Scheduler(config, self.store)
+        self.inference = InferenceProcess(config.python, config.data_dir / "inference.log")
+        self.health = health.HealthServicer()
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+                                       interceptors=[ErrorInterceptor()], options=options)
+        add_to_server(TuneVaultServicer(config, self.store, self.scheduler, self.inference), self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc_server,
+        )
+        self.port = 0
+
+    def start(self) -> None:
+        credentials = _server_credentials(self.config)
+        if credentials is None:
+            self.port = self.grpc_server.add_insecure_port(self.config.listen)
+        else:
+            self.port = self.grpc_server.add_secure_port(self.config.listen, credentials)
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {self.config.listen}")
+        serve_metrics(self.config.metrics_listen, self.store, app_version())
+        self.scheduler.start()
+        self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        host = self.config.listen.rpartition(":")[0]
+        log.info("tunevault %s listening on %s:%d (data %s)", app_version(), host, self.port, self.config.data_dir)
+
+    def stop(self) -> None:
+        """Health NOT_SERVING, stop taking RPCs, drain in-flight ones, checkpoint and requeue jobs."""
+        grace = self.config.shutdown_grace_seconds
+        log.info("shutting down (grace %.0fs)", grace)
+        self.health.enter_graceful_shutdown()
+        drained = self.grpc_server.stop(grace)
+        self.scheduler.stop(grace)
+        drained.wait(grace)
+        self.inference.close()
+        self.store.close()
+        log.info("stopped")
+
+
+def run(config: ServerConfig) -> None:
+    """Runs until SIGTERM or SIGINT. Signal handlers only set a flag; the main thread stops."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    app = App(config)
+    app.start()
+    stop_requested.wait()
+    app.stop()

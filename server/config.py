@@ -1,0 +1,57 @@
+"""The server process's configuration: one frozen dataclass built from flags and environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """A per-user directory, as XDG says: $XDG_DATA_HOME/tunevault or ~/.local/share/tunevault."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tunevault"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    # None: <data_dir>/models. Separate so a read-only volume of models can be shared.
+    models_dir: Path | None = None
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    # Jobs trained at once; one per GPU on a multi-GPU box.
+    max_concurrent_jobs: int = 1
+    # A RUNNING job whose worker has not been heard from for this long is presumed dead.
+    lease_seconds: float = 120.0
+    # How long SIGTERM waits for in-flight RPCs and the worker's checkpoint before exiting.
+    shutdown_grace_seconds: float = 30.0
+    # How long a cancelled worker gets to stop before it is killed.
+    cancel_grace_seconds: float = 20.0
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # The interpreter that runs workers: the server's own, so they see the same packages.
+    python: str = sys.executable
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "tunevault.db"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id

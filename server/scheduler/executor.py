@@ -1,0 +1,69 @@
+"""Starting worker processes: the seam where a Kubernetes Job or torchrun executor would plug in."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # The worker gets SIGTERM (checkpoint, exit) if the server dies; its broken stdout pipe
+    # is the second line of defence. Linux only; elsewhere the pipe alone does it.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class WorkerProcess:
+    """A running worker: its process, the event pipe, and the log file its stderr goes to."""
+
+    job_id: str
+    process: subprocess.Popen
+    log_path: Path
+    # When the scheduler first asked it to stop for a cancel; it is killed after the grace.
+    cancel_signalled_at: float | None = None
+
+    @property
+    def events(self) -> IO[str]:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    def terminate(self) -> None:
+        """Asks the worker to checkpoint and stop (SIGTERM); harmless if it already exited."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+class LocalProcessExecutor:
+    """Runs each job as `python -m tunevault.server.worker` on this machine."""
+
+    def __init__(self, python: str, jobs_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.jobs_dir = jobs_dir
+        self.extra_env = extra_env or {}
+
+    def start(self, job_id: str) -> WorkerProcess:
+        job_dir = self.jobs_dir / job_id
+        log_path = job_dir / "worker.log"
+        env = {**os.environ, **self.extra_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "PYTHONUNBUFFERED": "1"}
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", "tunevault.server.worker", "--jobs-dir", str(self.jobs_dir), job_id],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+                env=env, cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        return WorkerProcess(job_id=job_id, process=process, log_path=log_path)

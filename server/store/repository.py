@@ -1,0 +1,262 @@
+"""The store: every read and write of datasets, jobs and events goes through Store."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from tunevault.server.errors import FailedPrecondition, NotFound
+from tunevault.server.store.db import connect
+from tunevault.server.store.ids import new_id
+from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord
+from tunevault.server.store.states import ALLOWED_FROM, JobState
+
+
+class Store:
+    """One connection, one writer at a time (a lock), explicit BEGIN IMMEDIATE transactions.
+
+    Readers share the same connection under the lock; SQLite answers them in microseconds,
+    and one connection keeps the "one writer" discipline obvious.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._db: sqlite_utils.Database = connect(self.path)
+        self._lock = threading.RLock()
+        self._events_changed = threading.Condition(self._lock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self._db.query(sql, params))
+        return rows[0] if rows else None
+
+    # Datasets -----------------------------------------------------------------------
+
+    def insert_dataset(self, *, name: str, sha256: str, row_count: int, size_bytes: int,
+                       format: str, path: str, dataset_id: str | None = None) -> DatasetRecord:
+        record = DatasetRecord(
+            id=dataset_id or new_id("ds"), name=name, sha256=sha256, row_count=row_count,
+            size_bytes=size_bytes, format=format, path=path, created_at=time.time(),
+        )
+        with self._transaction() as db:
+            db["datasets"].insert(record.__dict__)
+        return record
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord:
+        row = self._one("SELECT * FROM datasets WHERE id = ?", [dataset_id])
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found")
+        return DatasetRecord.from_row(row)
+
+    def list_datasets(self, limit: int, before_id: str | None = None) -> list[DatasetRecord]:
+        sql = "SELECT * FROM datasets WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = list(self._db.query(sql, [before_id, before_id, limit]))
+        return [DatasetRecord.from_row(r) for r in rows]
+
+    # Jobs ---------------------------------------------------------------------------
+
+    def create_job(self, *, dataset_id: str, validation_dataset_id: str | None, base_model: str,
+                   hyperparameters: dict[str, Any], idempotency_key: str | None,
+                   display_name: str = "", priority: int = 0, max_attempts: int = 3,
+                   ) -> tuple[JobRecord, bool]:
+        """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
+
+        The lookup and the insert share one transaction, so two racing retries of the same
+        request cannot both insert.
+        """
+        with self._transaction() as db:
+            if idempotency_key:
+                existing = list(db.query("SELECT * FROM jobs WHERE idempotency_key = ?", [idempotency_key]))
+                if existing:
+                    return JobRecord.from_row(existing[0]), False
+            now = time.time()
+            job_id = new_id("job")
+            db["jobs"].insert({
+                "id": job_id, "state": JobState.VALIDATING.value, "dataset_id": dataset_id,
+                "validation_dataset_id": validation_dataset_id, "base_model": base_model,
+                "hyperparameters": json.dumps(hyperparameters), "idempotency_key": idempotency_key or None,
+                "display_name": display_name, "priority": priority, "max_attempts": max_attempts,
+                "created_at": now,
+            })
+            self._insert_event(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
+        return self.get_job(job_id), True
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return JobRecord.from_row(row)
+
+    def list_jobs(self, limit: int, states: Sequence[JobState] = (),
+                  before_id: str | None = None) -> list[JobRecord]:
+        clauses, params = ["(? IS NULL OR id < ?)"], [before_id, before_id]
+        if states:
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(s.value for s in states)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = list(self._db.query(sql, [*params, limit]))
+        return [JobRecord.from_row(r) for r in rows]
+
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        with self._lock:
+            rows = list(self._db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"))
+        counts = {state: 0 for state in JobState}
+        counts.update({JobState(r["state"]): r["n"] for r in rows})
+        return counts
+
+    def transition(self, job_id: str, target: JobState, *, event_type: str, message: str = "",
+                   metrics: dict[str, float] | None = None, **fields: Any) -> JobRecord:
+        """Moves a job to `target` if the transition table allows it, recording an event.
+
+        Raises FailedPrecondition naming the current state otherwise. The check and the
+        update are one statement, so a concurrent transition cannot slip in between.
+        """
+        allowed = sorted(s.value for s in ALLOWED_FROM[target])
+        assignments = {"state": target.value, **_encode_fields(fields)}
+        if target.terminal:
+            assignments.setdefault("finished_at", time.time())
+        set_sql = ", ".join(f"{column} = ?" for column in assignments)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET {set_sql} WHERE id = ? AND state IN ({','.join('?' * len(allowed))}) RETURNING id",
+                [*assignments.values(), job_id, *allowed],
+            )
+            if cursor.fetchone() is None:
+                current = list(db.query("SELECT state FROM jobs WHERE id = ?", [job_id]))
+                if not current:
+                    raise NotFound(f"job {job_id!r} not found")
+                raise FailedPrecondition(
+                    f"job {job_id} is {current[0]['state']}; it cannot become {target.value}"
+                )
+            self._insert_event(db, job_id, event_type, message, metrics or {}, target)
+        self._notify()
+        return self.get_job(job_id)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Sets plain columns (progress, lease, resolved hyperparameters) without a state change."""
+        encoded = _encode_fields(fields)
+        set_sql = ", ".join(f"{column} = ?" for column in encoded)
+        with self._transaction() as db:
+            db.execute(f"UPDATE jobs SET {set_sql} WHERE id = ?", [*encoded.values(), job_id])
+
+    def claim_next_job(self, lease_seconds: float) -> JobRecord | None:
+        """Takes the highest-priority, oldest QUEUED job and marks it RUNNING, in one statement."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = list(db.query(
+                """
+                UPDATE jobs
+                   SET state = 'RUNNING', attempt = attempt + 1,
+                       started_at = COALESCE(started_at, :now), lease_expires_at = :lease
+                 WHERE id = (SELECT id FROM jobs WHERE state = 'QUEUED'
+                              ORDER BY priority DESC, id LIMIT 1)
+                RETURNING *
+                """,
+                {"now": now, "lease": now + lease_seconds},
+            ))
+            if not rows:
+                return None
+            job = JobRecord.from_row(rows[0])
+            self._insert_event(db, job.id, "job.started", f"attempt {job.attempt} started", {"attempt": job.attempt}, JobState.RUNNING)
+        self._notify()
+        return job
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Cancels a not-yet-running job at once; asks a running one to stop (CANCELLING)."""
+        job = self.get_job(job_id)
+        if job.state in (JobState.VALIDATING, JobState.QUEUED):
+            return self.transition(job_id, JobState.CANCELLED, event_type="job.cancelled", message="cancelled before it ran")
+        if job.state is JobState.CANCELLING:
+            return job
+        return self.transition(job_id, JobState.CANCELLING, event_type="job.cancelling",
+                               message="cancel requested; stopping the worker", cancel_requested=1)
+
+    def requeue_orphans(self) -> list[str]:
+        """Puts jobs left RUNNING/CANCELLING by a previous server process back in order.
+
+        Their workers died with that process (they exit when their pipe to it breaks), so a
+        RUNNING job is queued again (it resumes from its last checkpoint), a CANCELLING one
+        is finished as CANCELLED, and a VALIDATING one (accepted, not yet queued) is queued.
+        """
+        requeued = []
+        orphans = self.list_jobs(limit=1_000_000, states=[JobState.VALIDATING, JobState.RUNNING, JobState.CANCELLING])
+        for job in orphans:
+            if job.state is JobState.VALIDATING:
+                # Requests are checked before the row is written, so only the move is missing.
+                self.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued after a restart")
+            elif job.state is JobState.CANCELLING:
+                self.transition(job.id, JobState.CANCELLED, event_type="job.cancelled", message="cancelled (server restarted)")
+            else:
+                self.transition(job.id, JobState.QUEUED, event_type="job.requeued",
+                                message="requeued: the server restarted while it ran", lease_expires_at=None)
+                requeued.append(job.id)
+        return requeued
+
+    # Events -------------------------------------------------------------------------
+
+    def append_event(self, job_id: str, event_type: str, message: str = "",
+                     metrics: dict[str, float] | None = None) -> EventRecord:
+        with self._transaction() as db:
+            state = JobState(list(db.query("SELECT state FROM jobs WHERE id = ?", [job_id]))[0]["state"])
+            event = self._insert_event(db, job_id, event_type, message, metrics or {}, state)
+        self._notify()
+        return event
+
+    def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[EventRecord]:
+        sql = "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+        with self._lock:
+            rows = list(self._db.query(sql, [job_id, after_sequence, limit]))
+        return [EventRecord.from_row(r) for r in rows]
+
+    def wait_for_events(self, timeout: float) -> None:
+        """Blocks until any event is appended, or `timeout` seconds pass."""
+        with self._events_changed:
+            self._events_changed.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._events_changed:
+            self._events_changed.notify_all()
+
+    @staticmethod
+    def _insert_event(db: sqlite_utils.Database, job_id: str, event_type: str, message: str,
+                      metrics: dict[str, float], state: JobState) -> EventRecord:
+        row = list(db.query("SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM events WHERE job_id = ?", [job_id]))
+        event = EventRecord(job_id=job_id, sequence=row[0]["next"], type=event_type, message=message,
+                            state=state, created_at=time.time(), metrics=dict(metrics))
+        db.execute(
+            "INSERT INTO events (job_id, sequence, type, message, metrics, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [job_id, event.sequence, event_type, message, json.dumps(metrics), state.value, event.created_at],
+        )
+        return event
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return list(self._db.query("PRAGMA integrity_check"))[0]["integrity_check"]
+
+
+def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}

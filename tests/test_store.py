@@ -1,0 +1,104 @@
+"""Store contract: migrations, idempotency, claim order, transitions, events, recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunevault.server.errors import FailedPrecondition, NotFound
+from tunevault.server.store import JobState, Store
+from tunevault.server.store.db import connect, migrate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "tunevault.db")
+
+
+def _dataset(store: Store) -> str:
+    return store.insert_dataset(name="d", sha256="0" * 64, row_count=3, size_bytes=10, format="chat_jsonl",
+                                path="datasets/d.jsonl").id
+
+
+def _queued_job(store: Store, priority: int = 0, key: str | None = None) -> str:
+    job, _ = store.create_job(dataset_id=_dataset(store), validation_dataset_id=None, base_model="m",
+                              hyperparameters={}, idempotency_key=key, priority=priority)
+    return store.transition(job.id, JobState.QUEUED, event_type="job.queued").id
+
+
+def test_database_is_wal_and_migrations_run_once(tmp_path: Path) -> None:
+    db = connect(tmp_path / "x.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert migrate(db) == []
+    assert {"datasets", "jobs", "events", "schema_migrations"} <= set(db.table_names())
+
+
+def test_same_idempotency_key_returns_the_same_job(store: Store) -> None:
+    dataset = _dataset(store)
+    first, created = store.create_job(dataset_id=dataset, validation_dataset_id=None, base_model="m",
+                                      hyperparameters={}, idempotency_key="k1")
+    again, created_again = store.create_job(dataset_id=dataset, validation_dataset_id=None, base_model="m",
+                                            hyperparameters={"epochs": 9}, idempotency_key="k1")
+    assert created and not created_again
+    assert again.id == first.id
+    assert len(store.list_jobs(100)) == 1
+
+
+def test_claim_takes_priority_then_fifo_and_only_once(store: Store) -> None:
+    low_old, high, low_new = _queued_job(store), _queued_job(store, priority=5), _queued_job(store)
+    claimed = [store.claim_next_job(60).id for _ in range(3)]
+    assert claimed == [high, low_old, low_new]
+    assert store.claim_next_job(60) is None
+    assert all(store.get_job(j).attempt == 1 for j in claimed)
+
+
+def test_illegal_transition_names_the_current_state(store: Store) -> None:
+    job_id = _queued_job(store)
+    store.claim_next_job(60)
+    store.transition(job_id, JobState.SUCCEEDED, event_type="job.succeeded")
+    with pytest.raises(FailedPrecondition, match="is SUCCEEDED"):
+        store.transition(job_id, JobState.RUNNING, event_type="x")
+    with pytest.raises(NotFound):
+        store.transition("job_missing", JobState.QUEUED, event_type="x")
+
+
+def test_events_are_numbered_per_job_in_order(store: Store) -> None:
+    job_id = _queued_job(store)
+    store.append_event(job_id, "step", "s", {"step": 1, "loss": 2.5})
+    events = store.events_after(job_id, 0)
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert [e.type for e in events] == ["job.created", "job.queued", "step"]
+    assert events[-1].metrics == {"step": 1, "loss": 2.5}
+    assert store.events_after(job_id, 2)[0].type == "step"
+
+
+def test_cancel_of_queued_job_is_immediate_and_of_running_job_is_requested(store: Store) -> None:
+    queued = _queued_job(store)
+    running = _queued_job(store, priority=1)
+    assert store.claim_next_job(60).id == running
+    assert store.request_cancel(queued).state is JobState.CANCELLED
+    cancelling = store.request_cancel(running)
+    assert cancelling.state is JobState.CANCELLING and cancelling.cancel_requested
+
+
+def test_restart_requeues_running_jobs_and_finishes_cancelling_ones(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    running, cancelling = _queued_job(store), _queued_job(store)
+    store.claim_next_job(60), store.claim_next_job(60)
+    store.request_cancel(cancelling)
+    store.close()
+    reopened = Store(tmp_path / "t.db")  # as a new server process would
+    assert reopened.requeue_orphans() == [running]
+    assert reopened.get_job(running).state is JobState.QUEUED
+    assert reopened.get_job(cancelling).state is JobState.CANCELLED
+    assert reopened.integrity_check() == "ok"
+
+
+def test_list_jobs_pages_newest_first_and_filters_by_state(store: Store) -> None:
+    ids = [_queued_job(store) for _ in range(5)]
+    store.claim_next_job(60)
+    page = store.list_jobs(2)
+    assert [j.id for j in page] == ids[::-1][:2]
+    assert [j.id for j in store.list_jobs(10, before_id=page[-1].id)] == ids[::-1][2:]
+    assert [j.id for j in store.list_jobs(10, states=[JobState.RUNNING])] == [ids[0]]
