@@ -45,6 +45,18 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def _parse_time(value: str | None) -> float | None:
+    """An ISO 8601 time ("2026-11-23T02:00", local time unless it names a zone) as Unix seconds."""
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError as error:
+        raise SystemExit(f"--not-before: {error}") from error
+
+
 # Commands -------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -57,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir or default_data_dir(), models_dir=args.models_dir, listen=args.listen, metrics_listen=args.metrics_listen,
         max_concurrent_jobs=args.max_concurrent_jobs, shutdown_grace_seconds=args.shutdown_grace,
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
+        lease_seconds=args.lease_seconds, retry_backoff_seconds=args.retry_backoff, retention_days=args.retention_days,
+        admin_token_file=args.admin_token_file, rate_limit_per_second=args.rate_limit,
+        max_pending_jobs_per_tenant=args.max_pending_jobs, max_tenant_storage_bytes=args.max_tenant_storage,
+        max_upload_bytes=args.max_upload_bytes, max_dataset_rows=args.max_dataset_rows,
     )
     run(config)
     return 0
@@ -98,7 +114,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             validation_id = validation.id
             _say(f"uploaded {args.validation_file}: {validation.row_count} rows ({validation.id})")
         job = client.create_job(train.id, args.model, hyperparameters, validation_dataset_id=validation_id,
-                                idempotency_key=args.idempotency_key, display_name=args.name or "")
+                                idempotency_key=args.idempotency_key, display_name=args.name or "",
+                                priority=args.priority, not_before=_parse_time(args.not_before),
+                                max_attempts=args.max_attempts)
         print(job.id, flush=True)
         _say(f"job {job.id} is {_state_name(job.state)}")
         return watch_job(client, job.id) if args.wait else 0
@@ -128,20 +146,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 _print_job(job)
             return 0
-        jobs = list(client.list_jobs(page_size=500).jobs)
+        status = client.get_status()
         health = client.health()
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[_state_name(job.state)] = counts.get(_state_name(job.state), 0) + 1
-    running = [j for j in jobs if j.state == pb.JOB_STATE_RUNNING]
     if args.json:
-        _print_json({"health": health, "jobs_by_state": counts,
-                     "running": [MessageToDict(j, preserving_proto_field_name=True) for j in running]})
+        data = MessageToDict(status, preserving_proto_field_name=True)
+        data["health"] = health
+        _print_json(data)
         return 0
-    print(f"appliance {args.address}: {health}")
-    print("jobs (latest 500): " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "none"))
-    for job in running:
-        print(f"running {job.id}: step {job.step}/{job.total_steps}, {job.trained_tokens} tokens")
+    print(f"tunevault {status.version} at {args.address}: {health}, up {status.uptime_seconds / 60:.0f} min")
+    counts = {k: v for k, v in status.jobs_by_state.items() if v}
+    print("jobs: " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "none"))
+    for job in status.running_jobs:
+        share = f" ({job.step / job.total_steps:.0%})" if job.total_steps else ""
+        print(f"running {job.id} [{_state_name(job.state).lower()}]: step {job.step}/{job.total_steps}{share}, "
+              f"{job.trained_tokens} tokens, model {job.base_model}")
+    print(f"disk: {status.data_bytes / 1e9:.2f} GB used by the appliance, {status.disk_free_bytes / 1e9:.1f} GB free")
     return 0
 
 
@@ -176,6 +195,62 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.pause_job(args.job)
+    _say(f"job {job.id} is {_state_name(job.state)}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.resume_job(args.job)
+    _say(f"job {job.id} is {_state_name(job.state)}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.delete_job(args.job)
+    _say(f"job {response.job.id}: deleted {response.freed_bytes} bytes of artifacts and checkpoints")
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        checkpoints = client.list_checkpoints(args.job)
+    if args.json:
+        _print_json({"checkpoints": [MessageToDict(c, preserving_proto_field_name=True) for c in checkpoints]})
+        return 0
+    for checkpoint in checkpoints:
+        figures = " ".join(f"{k}={v:.4g}" for k, v in sorted(checkpoint.metrics.items()))
+        print(f"step {checkpoint.step}\t{checkpoint.size_bytes / 1e6:.1f} MB\t{figures}")
+    return 0
+
+
+def cmd_admin_tokens(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.tokens_command == "create":
+            response = client.create_token(args.tenant, args.role, args.name or "")
+            if args.json:
+                _print_json(response)
+            else:
+                print(response.secret)
+                _say(f"token {response.token.id} for tenant {args.tenant} ({args.role}); the secret is shown once")
+        elif args.tokens_command == "revoke":
+            token = client.revoke_token(args.token_id)
+            _say(f"token {token.id} revoked")
+        else:
+            tokens = client.list_tokens(args.tenant or "")
+            if args.json:
+                _print_json({"tokens": [MessageToDict(t, preserving_proto_field_name=True) for t in tokens]})
+            for token in [] if args.json else tokens:
+                role = pb.Role.Name(token.role).removeprefix("ROLE_").lower()
+                revoked = " revoked" if token.HasField("revoked_at") else ""
+                print(f"{token.id}\t{token.tenant}\t{role}\t{token.name}{revoked}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as client:
         path = client.download_artifact(args.job, args.output)
@@ -188,7 +263,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit("give either JOB or --base MODEL")
     with _client(args) as client:
         response = client.generate(args.prompt, job_id=args.job or "", base_model=args.base or "",
-                                   max_tokens=args.max_tokens, temperature=args.temperature, stop=args.stop)
+                                   max_tokens=args.max_tokens, temperature=args.temperature, stop=args.stop,
+                                   system=args.system or "")
     print(response.text)
     return 0
 
@@ -219,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-listen", default="127.0.0.1:9464")
     serve.add_argument("--max-concurrent-jobs", type=int, default=1, help="one per GPU")
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds SIGTERM waits to drain")
+    serve.add_argument("--lease-seconds", type=float, default=120.0,
+                       help="a worker silent this long is presumed dead and its job recovered")
+    serve.add_argument("--retry-backoff", type=float, default=10.0,
+                       help="seconds before the first retry of a crashed worker (doubles per attempt)")
+    serve.add_argument("--retention-days", type=float, default=0.0,
+                       help="delete artifacts of jobs finished this many days ago (0 keeps them)")
+    serve.add_argument("--admin-token-file", type=Path, default=os.environ.get("TUNEVAULT_ADMIN_TOKEN_FILE"),
+                       help="first admin token, from a file (env TUNEVAULT_ADMIN_TOKEN_FILE); else generated and printed once")
+    serve.add_argument("--rate-limit", type=float, default=50.0, help="requests per second per token")
+    serve.add_argument("--max-pending-jobs", type=int, default=100, help="unfinished jobs per tenant")
+    serve.add_argument("--max-tenant-storage", type=int, default=50 * 1024**3, help="dataset bytes per tenant")
+    serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024**2)
+    serve.add_argument("--max-dataset-rows", type=int, default=1_000_000)
     serve.add_argument("--tls-cert", dest="tls_cert_file", type=Path)
     serve.add_argument("--tls-key", dest="tls_key_file", type=Path)
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")
@@ -248,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--name", help="a label for people")
     submit.add_argument("--idempotency-key", help="retrying with the same key never makes a second job")
     submit.add_argument("--wait", action="store_true", help="watch the job until it ends")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (-1000..1000)")
+    submit.add_argument("--not-before", help="ISO time before which it does not start, e.g. 2026-11-23T02:00")
+    submit.add_argument("--max-attempts", type=int, default=0, help="worker starts before it fails (default 3)")
 
     jobs = add("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
@@ -268,6 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = add("cancel", cmd_cancel, "cancel a queued or running job")
     cancel.add_argument("job")
 
+    for name, handler, text in (("pause", cmd_pause, "stop a running job at a checkpoint"),
+                                ("resume", cmd_resume, "queue a paused job again"),
+                                ("delete", cmd_delete, "delete a finished job's artifacts and checkpoints"),
+                                ("checkpoints", cmd_checkpoints, "list a job's checkpoints")):
+        add(name, handler, text).add_argument("job")
+
+    admin = commands.add_parser("admin", help="administration (needs an admin token)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    tokens = admin_commands.add_parser("tokens", help="create, list and revoke API tokens")
+    _connection_options(tokens)
+    tokens.set_defaults(handler=cmd_admin_tokens)
+    tokens.add_argument("tokens_command", choices=["create", "list", "revoke"])
+    tokens.add_argument("token_id", nargs="?", help="revoke: the token's id")
+    tokens.add_argument("--tenant", help="create: the tenant (list: only this tenant)")
+    tokens.add_argument("--role", choices=["admin", "submitter", "viewer"], default="submitter")
+    tokens.add_argument("--name", help="create: a label for people")
+
     download = add("download", cmd_download, "download a finished job's adapter archive")
     download.add_argument("job")
     download.add_argument("-o", "--output", type=Path, default=Path("."), help="file or folder")
@@ -279,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     generate.add_argument("--stop", action="append", default=[])
+    generate.add_argument("--system", help="a system message before the prompt")
     return parser
 
 

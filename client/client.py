@@ -84,12 +84,16 @@ class Client:
 
     def create_job(self, dataset_id: str, base_model: str, hyperparameters: dict[str, Any] | None = None, *,
                    validation_dataset_id: str = "", idempotency_key: str | None = None,
-                   display_name: str = "") -> pb.Job:
+                   display_name: str = "", priority: int = 0, not_before: float | None = None,
+                   max_attempts: int = 0) -> pb.Job:
         request = pb.CreateJobRequest(
             dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
             hyperparameters=hyperparameters_message(hyperparameters or {}),
             idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
+            priority=priority, max_attempts=max_attempts,
         )
+        if not_before is not None:
+            request.not_before.FromNanoseconds(int(not_before * 1e9))
         return self._stub.CreateJob(request, metadata=self._metadata).job
 
     def get_job(self, job_id: str) -> pb.Job:
@@ -101,6 +105,32 @@ class Client:
 
     def cancel_job(self, job_id: str) -> pb.Job:
         return self._stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self._metadata).job
+
+    def pause_job(self, job_id: str) -> pb.Job:
+        return self._stub.PauseJob(pb.PauseJobRequest(job_id=job_id), metadata=self._metadata).job
+
+    def resume_job(self, job_id: str) -> pb.Job:
+        return self._stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id), metadata=self._metadata).job
+
+    def delete_job(self, job_id: str) -> pb.DeleteJobResponse:
+        return self._stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), metadata=self._metadata)
+
+    def list_checkpoints(self, job_id: str) -> list[pb.Checkpoint]:
+        return list(self._stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id),
+                                               metadata=self._metadata).checkpoints)
+
+    def get_status(self) -> pb.GetStatusResponse:
+        return self._stub.GetStatus(pb.GetStatusRequest(), metadata=self._metadata)
+
+    def create_token(self, tenant: str, role: str, name: str = "") -> pb.CreateTokenResponse:
+        request = pb.CreateTokenRequest(tenant=tenant, role=pb.Role.Value(f"ROLE_{role.upper()}"), name=name)
+        return self._stub.CreateToken(request, metadata=self._metadata)
+
+    def list_tokens(self, tenant: str = "") -> list[pb.Token]:
+        return list(self._stub.ListTokens(pb.ListTokensRequest(tenant=tenant), metadata=self._metadata).tokens)
+
+    def revoke_token(self, token_id: str) -> pb.Token:
+        return self._stub.RevokeToken(pb.RevokeTokenRequest(token_id=token_id), metadata=self._metadata).token
 
     def stream_events(self, job_id: str, after_sequence: int = 0, follow: bool = True) -> Iterator[pb.JobEvent]:
         request = pb.StreamJobEventsRequest(job_id=job_id, after_sequence=after_sequence, no_follow=not follow)
@@ -140,9 +170,9 @@ class Client:
 
     def generate(self, prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
                  temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None,
-                 timeout: float | None = 600) -> pb.GenerateResponse:
+                 system: str = "", timeout: float | None = 600) -> pb.GenerateResponse:
         request = pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, stop=stop or [])
+                                     temperature=temperature, top_p=top_p, stop=stop or [], system=system)
         return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:
@@ -174,7 +204,7 @@ def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
         if name not in fields:
             raise ValueError(f"unknown hyperparameter {name!r} (known: {', '.join(sorted(fields))})")
         field = fields[name]
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             items = value.split(",") if isinstance(value, str) else list(value)
             getattr(message, name).extend(i.strip() for i in items if i.strip())
         elif field.type in (field.TYPE_INT32, field.TYPE_INT64):

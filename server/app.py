@@ -13,11 +13,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tunevault.server import logs
+from tunevault.server.api.auth import AuthInterceptor, TokenBuckets, bootstrap_admin_token
 from tunevault.server.api.errors import ErrorInterceptor
 from tunevault.server.api.servicer import TuneVaultServicer, add_to_server
 from tunevault.server.config import ServerConfig
 from tunevault.server.inference_client import InferenceProcess
-from tunevault.server.metrics import serve_metrics
+from tunevault.server.api.metrics_interceptor import MetricsInterceptor
+from tunevault.server.metrics import Metrics, serve_metrics
 from tunevault.server.scheduler.scheduler import Scheduler
 from tunevault.server.store import Store
 from tunevault.v1 import tunevault_pb2 as pb
@@ -52,15 +55,20 @@ class App:
         for folder in (config.data_dir, config.datasets_dir, config.jobs_dir, config.resolved_models_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_path)
-        self.scheduler = Scheduler(config, self.store)
+        self.metrics = Metrics(self.store, app_version())
+        self.scheduler = Scheduler(config, self.store, self.metrics)
         self.inference = InferenceProcess(config.python, config.data_dir / "inference.log")
         self.health = health.HealthServicer()
+        buckets = TokenBuckets(config.rate_limit_per_second, config.rate_limit_burst)
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-                                       interceptors=[ErrorInterceptor()], options=options)
-        add_to_server(TuneVaultServicer(config, self.store, self.scheduler, self.inference), self.grpc_server)
+                                       interceptors=[MetricsInterceptor(self.metrics), ErrorInterceptor(),
+                                                     AuthInterceptor(self.store, buckets)],
+                                       options=options)
+        servicer = TuneVaultServicer(config, self.store, self.scheduler, self.inference, app_version())
+        add_to_server(servicer, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -69,6 +77,11 @@ class App:
         self.port = 0
 
     def start(self) -> None:
+        preset = self.config.admin_token_file.read_text().strip() if self.config.admin_token_file else None
+        secret = bootstrap_admin_token(self.store, preset or None)
+        if secret:
+            # Shown once, as Jupyter does; only its hash is stored.
+            print(f"\n    tunevault admin token (shown once, store it now):\n    {secret}\n", file=sys.stderr, flush=True)
         credentials = _server_credentials(self.config)
         if credentials is None:
             self.port = self.grpc_server.add_insecure_port(self.config.listen)
@@ -76,7 +89,7 @@ class App:
             self.port = self.grpc_server.add_secure_port(self.config.listen, credentials)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.config.listen}")
-        serve_metrics(self.config.metrics_listen, self.store, app_version())
+        serve_metrics(self.config.metrics_listen, self.metrics.registry)
         self.scheduler.start()
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
@@ -99,8 +112,7 @@ class App:
 
 def run(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT. Signal handlers only set a flag; the main thread stops."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())

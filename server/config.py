@@ -29,8 +29,21 @@ class ServerConfig:
     shutdown_grace_seconds: float = 30.0
     # How long a cancelled worker gets to stop before it is killed.
     cancel_grace_seconds: float = 20.0
+    # First retry of a crashed worker after this many seconds, doubling per attempt (max 10 min).
+    retry_backoff_seconds: float = 10.0
+    # Artifacts and checkpoints of jobs finished this many days ago are deleted (0 = keep).
+    retention_days: float = 0.0
+    # Limits; exceeding one is RESOURCE_EXHAUSTED naming it.
     max_upload_bytes: int = 512 * 1024 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+    max_dataset_rows: int = 1_000_000
+    max_tenant_storage_bytes: int = 50 * 1024**3
+    max_pending_jobs_per_tenant: int = 100
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: float = 200.0
+    # A file holding the first admin token (a Kubernetes Secret); without it one is generated
+    # and printed once on the first start.
+    admin_token_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None

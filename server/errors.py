@@ -30,3 +30,11 @@ class ResourceExhausted(TuneVaultError):
 
 class Unavailable(TuneVaultError):
     """The appliance cannot serve this right now (e.g. shutting down); retrying may help."""
+
+
+class Unauthenticated(TuneVaultError):
+    """No token, or one the appliance does not know (or has revoked)."""
+
+
+class PermissionDenied(TuneVaultError):
+    """The token is valid but its role may not do this."""

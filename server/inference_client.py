@@ -49,11 +49,11 @@ class InferenceProcess:
                 )
         return self._process
 
-    def generate(self, *, base_model_dir: Path, adapter_dir: Path | None, prompt: str, max_tokens: int,
+    def generate(self, *, base_model_dir: Path, adapter_dir: Path | None, prompt: str, system: str | None, max_tokens: int,
                  temperature: float, top_p: float, stop: list[str]) -> Completion:
         request = {
             "base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
-            "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
+            "prompt": prompt, "system": system, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
         }
         with self._lock:
             process = self._ensure_started()

@@ -56,18 +56,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ADMIN_TOKEN = "tv_test-admin-token-0123456789abcdef"
+
+
 @dataclass
 class RunningServer:
-    """A real server process and how to reach it."""
+    """A real server process and how to reach it (as the bootstrap admin by default)."""
 
     process: subprocess.Popen
     address: str
     metrics_address: str
     data_dir: Path
     log_path: Path
+    admin_token: str = ADMIN_TOKEN
 
-    def client(self, **kwargs) -> Client:
-        return Client(self.address, **kwargs)
+    def client(self, token: str | None = None, **kwargs) -> Client:
+        return Client(self.address, token=token or self.admin_token, **kwargs)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
@@ -78,17 +82,28 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = True) -> RunningServer:
-    """Starts `tunevault serve` on free ports and waits until health says SERVING."""
-    port, metrics_port = free_port(), free_port()
+def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = True,
+                 admin_token: str | None = ADMIN_TOKEN, port: int | None = None) -> RunningServer:
+    """Starts `tunevault serve` on free ports and waits until health says SERVING.
+
+    The first admin token comes from a file, as the Helm chart's Secret gives it; with
+    admin_token=None the server generates one and prints it.
+    """
+    port, metrics_port = port or free_port(), free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
+    token_args: list[str] = []
+    if admin_token:
+        token_file = data_dir.parent / f"{data_dir.name}-admin-token"
+        token_file.write_text(admin_token + "\n")
+        token_args = ["--admin-token-file", str(token_file)]
     command = [sys.executable, "-m", "tunevault.client.cli", "serve", "--data-dir", str(data_dir),
                "--models-dir", str(models_dir), "--listen", f"127.0.0.1:{port}",
-               "--metrics-listen", f"127.0.0.1:{metrics_port}", *extra]
+               "--metrics-listen", f"127.0.0.1:{metrics_port}", *token_args, *extra]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = RunningServer(process, f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", data_dir, log_path)
+    server = RunningServer(process, f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", data_dir, log_path,
+                           admin_token or "")
     if wait:
         wait_serving(server)
     return server

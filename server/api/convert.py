@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunevault.server.errors import InvalidArgument
-from tunevault.server.store import DatasetRecord, EventRecord, JobRecord, JobState
+from tunevault.server.store import DatasetRecord, EventRecord, JobRecord, JobState, TokenRecord
 from tunevault.v1 import tunevault_pb2 as pb
 
 _SCALAR_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.name != "lora_target_modules"]
@@ -58,7 +58,7 @@ def dataset_to_proto(record: DatasetRecord) -> pb.Dataset:
     )
 
 
-def job_to_proto(job: JobRecord) -> pb.Job:
+def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0) -> pb.Job:
     message = pb.Job(
         id=job.id, state=job_state_to_proto(job.state), dataset_id=job.dataset_id,
         validation_dataset_id=job.validation_dataset_id or "", base_model=job.base_model,
@@ -66,10 +66,15 @@ def job_to_proto(job: JobRecord) -> pb.Job:
         idempotency_key=job.idempotency_key or "", display_name=job.display_name,
         created_at=timestamp(job.created_at), started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at), trained_tokens=job.trained_tokens, step=job.step,
-        total_steps=job.total_steps, attempt=job.attempt,
+        total_steps=job.total_steps, attempt=job.attempt, priority=job.priority,
+        not_before=timestamp(job.not_before), max_attempts=job.max_attempts, queued_at=timestamp(job.queued_at),
+        disk_usage_bytes=disk_usage_bytes, artifacts_deleted=job.artifacts_deleted_at is not None,
+        error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
+                       for e in job.error_history],
     )
     if job.error_code:
-        message.error.CopyFrom(pb.JobError(code=job.error_code, message=job.error_message or ""))
+        message.error.CopyFrom(pb.JobError(code=job.error_code, message=job.error_message or "", attempt=job.attempt,
+                                           at=timestamp(job.finished_at)))
     if job.result:
         message.result.CopyFrom(pb.JobResult(
             adapter_path=job.result.get("adapter_path", ""), metrics=job.result.get("metrics", {}),
@@ -83,3 +88,8 @@ def event_to_proto(event: EventRecord) -> pb.JobEvent:
         sequence=event.sequence, job_id=event.job_id, type=event.type, message=event.message,
         metrics=event.metrics, created_at=timestamp(event.created_at), state=job_state_to_proto(event.state),
     )
+
+
+def token_to_proto(record: TokenRecord) -> pb.Token:
+    return pb.Token(id=record.id, tenant=record.tenant, role=pb.Role.Value(f"ROLE_{record.role.upper()}"),
+                    name=record.name, created_at=timestamp(record.created_at), revoked_at=timestamp(record.revoked_at))

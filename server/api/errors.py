@@ -13,7 +13,8 @@ from typing import Any
 
 import grpc
 
-from tunevault.server import errors
+from tunevault.server import errors, logs
+from tunevault.server.api.handlers import wrap
 
 log = logging.getLogger(__name__)
 
@@ -22,48 +23,52 @@ STATUS_OF: dict[type[errors.TuneVaultError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
-def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+def abort(context: grpc.ServicerContext, error: Exception) -> None:
+    """Ends the call with the error's status; INTERNAL (and a logged traceback) for a bug."""
+    if context.code() not in (None, grpc.StatusCode.OK):
+        raise error  # already aborted further in; that exception is gRPC's own signal
     if isinstance(error, errors.TuneVaultError):
-        context.abort(STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL), str(error))
-    request_id = uuid.uuid4().hex[:12]
-    log.exception("request %s (%s) failed", request_id, method)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
+        log.info("-> %s: %s", code.name, error)
+        context.abort(code, str(error))
+    log.error("bug while serving a request", exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {logs.request_id.get()})")
 
 
-def _wrap_unary(behaviour: Callable, method: str) -> Callable:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behaviour(request, context)
-        except Exception as error:  # noqa: BLE001 - mapped, never swallowed
-            _abort(context, error, method)
-    return handle
+def _start_request(context: grpc.ServicerContext) -> None:
+    # A client-chosen id (x-request-id) ties our log to theirs; otherwise a fresh one.
+    given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    usable = given and len(given) <= 64 and given.isascii() and given.isprintable()
+    logs.request_id.set(given if usable else uuid.uuid4().hex[:16])
 
 
-def _wrap_streaming(behaviour: Callable, method: str) -> Callable:
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behaviour(request, context)
-        except Exception as error:  # noqa: BLE001
-            _abort(context, error, method)
-    return handle
+def _unary(behaviour: Callable, request: Any, context: grpc.ServicerContext) -> Any:
+    _start_request(context)
+    try:
+        return behaviour(request, context)
+    except Exception as error:  # noqa: BLE001 - mapped, never swallowed
+        abort(context, error)
+
+
+def _stream(behaviour: Callable, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    _start_request(context)
+    try:
+        yield from behaviour(request, context)
+    except Exception as error:  # noqa: BLE001
+        abort(context, error)
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps exceptions raised by servicer methods to status codes (see STATUS_OF)."""
+    """Maps exceptions raised by servicer methods (and inner interceptors) to status codes."""
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith("/grpc."):
             return handler  # health and reflection handle their own errors
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_streaming(handler.unary_stream, method))
-        return handler._replace(stream_stream=_wrap_streaming(handler.stream_stream, method))
+        return wrap(handler, _unary, _stream)

@@ -1,111 +1,161 @@
-"""The TuneVault gRPC service: validate each request, then hand it to the store or scheduler."""
+"""The TuneVault gRPC service: validate each request, then hand it to the store or scheduler.
+
+Every lookup is scoped to the caller's tenant (an admin's scope is every tenant), so another
+tenant's job or dataset is NOT_FOUND: its existence does not leak.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
-import grpc
+import shutil
+import time
 
 from tunevault.server import hyperparameters as hp
 from tunevault.server.api import convert, pagination
+from tunevault.server.api import validation as check
+from tunevault.server.api.auth import check_tenant_name, current_principal, hash_token, new_secret
 from tunevault.server.api.uploads import receive_dataset
 from tunevault.server.artifacts import ARCHIVE_NAME, read_chunks, sha256_of
 from tunevault.server.config import ServerConfig
-from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tunevault.server.inference_client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
-from tunevault.server.scheduler.scheduler import Scheduler
+from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
 from tunevault.server.store import JobRecord, JobState, Store
 from tunevault.v1 import tunevault_pb2 as pb
 from tunevault.v1 import tunevault_pb2_grpc as pb_grpc
 
-MAX_LABEL_CHARS = 200
-MAX_PROMPT_CHARS = 32_000
-MAX_NEW_TOKENS = 4096
-MAX_STOP_SEQUENCES = 8
 EVENT_WAIT_SECONDS = 1.0
-
-
-def _bounded(field: str, value: str, limit: int = MAX_LABEL_CHARS) -> str:
-    if len(value) > limit:
-        raise InvalidArgument(field, f"longer than {limit} characters")
-    return value
-
-
-def _id(field: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    return _bounded(field, value, 64)
+WORKER_STATES = [JobState.RUNNING, JobState.PAUSING, JobState.CANCELLING]
 
 
 class TuneVaultServicer(pb_grpc.TuneVaultServicer):
-    def __init__(self, config: ServerConfig, store: Store, scheduler: Scheduler, inference: InferenceProcess) -> None:
+    def __init__(self, config: ServerConfig, store: Store, scheduler: Scheduler, inference: InferenceProcess,
+                 version: str) -> None:
         self.config = config
         self.store = store
         self.scheduler = scheduler
         self.inference = inference
+        self.version = version
+        self.started = time.monotonic()
+
+    def _job(self, job_id: str) -> JobRecord:
+        return self.store.get_job(check.required_id("job_id", job_id), tenant=current_principal().scope)
+
+    def _job_message(self, job: JobRecord) -> pb.Job:
+        return convert.job_to_proto(job, disk_usage(self.config.job_dir(job.id)))
 
     # Datasets ------------------------------------------------------------------------
 
     def UploadDataset(self, request_iterator, context):
-        record = receive_dataset(request_iterator, self.store, self.config.data_dir, self.config.max_upload_bytes)
+        principal = current_principal()
+        stored, _ = self.store.tenant_usage(principal.tenant)
+        room = self.config.max_tenant_storage_bytes - stored
+        if room <= 0:
+            raise ResourceExhausted(f"tenant storage quota reached: max_tenant_storage_bytes={self.config.max_tenant_storage_bytes}")
+        record = receive_dataset(request_iterator, self.store, self.config, tenant=principal.tenant,
+                                 max_bytes=min(self.config.max_upload_bytes, room))
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
 
     def GetDataset(self, request, context):
-        return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(self.store.get_dataset(_id("dataset_id", request.dataset_id))))
+        dataset_id = check.required_id("dataset_id", request.dataset_id)
+        return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(
+            self.store.get_dataset(dataset_id, tenant=current_principal().scope)))
 
     def ListDatasets(self, request, context):
         size = pagination.page_size(request.page_size)
-        records = self.store.list_datasets(size + 1, before_id=pagination.decode(request.page_token))
+        records = self.store.list_datasets(size + 1, before_id=pagination.decode(request.page_token),
+                                           tenant=current_principal().scope)
         token = pagination.encode(records[size - 1].id) if len(records) > size else ""
-        return pb.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in records[:size]], next_page_token=token)
+        return pb.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in records[:size]],
+                                       next_page_token=token)
 
     # Jobs ----------------------------------------------------------------------------
 
     def CreateJob(self, request, context):
-        dataset = self.store.get_dataset(_id("dataset_id", request.dataset_id))
+        principal = current_principal()
+        dataset = self.store.get_dataset(check.required_id("dataset_id", request.dataset_id), tenant=principal.scope)
         if request.validation_dataset_id:
-            self.store.get_dataset(_id("validation_dataset_id", request.validation_dataset_id))
+            validation = self.store.get_dataset(check.required_id("validation_dataset_id", request.validation_dataset_id),
+                                                tenant=principal.scope)
+            if validation.tenant != dataset.tenant:
+                raise InvalidArgument("validation_dataset_id", "must belong to the same tenant as dataset_id")
         find_model(self.config.resolved_models_dir, request.base_model)
         requested = convert.hyperparameters_to_dict(request.hyperparameters)
         try:
             hp.resolve(hp.validate(requested), train_rows=dataset.row_count)
         except hp.HyperparameterError as error:
             raise InvalidArgument(f"hyperparameters.{error.field}", error.reason) from error
+        _, pending = self.store.tenant_usage(dataset.tenant)
+        if pending >= self.config.max_pending_jobs_per_tenant:
+            raise ResourceExhausted(f"too many unfinished jobs: max_pending_jobs_per_tenant={self.config.max_pending_jobs_per_tenant}")
         job, created = self.store.create_job(
             dataset_id=dataset.id, validation_dataset_id=request.validation_dataset_id or None,
             base_model=request.base_model, hyperparameters=requested,
-            idempotency_key=_bounded("idempotency_key", request.idempotency_key) or None,
-            display_name=_bounded("display_name", request.display_name),
+            idempotency_key=check.bounded("idempotency_key", request.idempotency_key) or None,
+            display_name=check.bounded("display_name", request.display_name),
+            priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
+            not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
         )
         if created:
             job = self.store.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued",
                                         queued_at=job.created_at)
             self.scheduler.wake()
-        return pb.CreateJobResponse(job=convert.job_to_proto(job))
+        return pb.CreateJobResponse(job=self._job_message(job))
 
     def GetJob(self, request, context):
-        return pb.GetJobResponse(job=convert.job_to_proto(self.store.get_job(_id("job_id", request.job_id))))
+        return pb.GetJobResponse(job=self._job_message(self._job(request.job_id)))
 
     def ListJobs(self, request, context):
         states = [convert.job_state_from_proto(s) for s in request.states]
         size = pagination.page_size(request.page_size)
-        jobs = self.store.list_jobs(size + 1, states=states, before_id=pagination.decode(request.page_token))
+        jobs = self.store.list_jobs(size + 1, states=states, before_id=pagination.decode(request.page_token),
+                                    tenant=current_principal().scope)
         token = pagination.encode(jobs[size - 1].id) if len(jobs) > size else ""
-        return pb.ListJobsResponse(jobs=[convert.job_to_proto(j) for j in jobs[:size]], next_page_token=token)
+        return pb.ListJobsResponse(jobs=[self._job_message(j) for j in jobs[:size]], next_page_token=token)
 
     def CancelJob(self, request, context):
-        job = self.store.get_job(_id("job_id", request.job_id))
+        job = self._job(request.job_id)
         if job.state.terminal:
-            raise FailedPrecondition(f"job {job.id} is {job.state.value}; only a queued or running job can be cancelled")
+            raise FailedPrecondition(f"job {job.id} is {job.state.value}; only an unfinished job can be cancelled")
         job = self.store.request_cancel(job.id)
         self.scheduler.wake()
-        return pb.CancelJobResponse(job=convert.job_to_proto(job))
+        return pb.CancelJobResponse(job=self._job_message(job))
+
+    def PauseJob(self, request, context):
+        job = self._job(request.job_id)
+        if job.state not in (JobState.QUEUED, JobState.RUNNING, JobState.PAUSING, JobState.PAUSED):
+            raise FailedPrecondition(f"job {job.id} is {job.state.value}; only a queued or running job can be paused")
+        job = self.store.request_pause(job.id)
+        self.scheduler.wake()
+        return pb.PauseJobResponse(job=self._job_message(job))
+
+    def ResumeJob(self, request, context):
+        job = self.store.resume(self._job(request.job_id).id)
+        self.scheduler.wake()
+        return pb.ResumeJobResponse(job=self._job_message(job))
+
+    def DeleteJob(self, request, context):
+        job = self._job(request.job_id)
+        if not job.state.terminal:
+            raise FailedPrecondition(f"job {job.id} is {job.state.value}; cancel it before deleting its files")
+        freed = delete_job_files(self.config.job_dir(job.id))
+        if job.artifacts_deleted_at is None:
+            self.store.update_job(job.id, artifacts_deleted_at=time.time())
+            self.store.append_event(job.id, "job.files_deleted", f"deleted {freed} bytes", {"freed_bytes": freed})
+        return pb.DeleteJobResponse(job=self._job_message(self.store.get_job(job.id)), freed_bytes=freed)
+
+    def ListCheckpoints(self, request, context):
+        folder = self.config.job_dir(self._job(request.job_id).id) / "checkpoints"
+        found = []
+        for path in folder.glob("step-*") if folder.is_dir() else []:
+            step = path.name.removeprefix("step-")
+            if path.is_dir() and not path.is_symlink() and step.isdigit():
+                found.append(pb.Checkpoint(step=int(step), created_at=convert.timestamp(path.stat().st_mtime),
+                                           metrics=check.checkpoint_metrics(path), size_bytes=disk_usage(path)))
+        return pb.ListCheckpointsResponse(checkpoints=sorted(found, key=lambda c: c.step))
 
     def StreamJobEvents(self, request, context):
-        job_id = _id("job_id", request.job_id)
-        self.store.get_job(job_id)
+        job_id = self._job(request.job_id).id
         after = max(0, request.after_sequence)
         while context.is_active():
             events = self.store.events_after(job_id, after)
@@ -118,7 +168,18 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                 return
             self.store.wait_for_events(EVENT_WAIT_SECONDS)
 
-    # Models and artifacts ------------------------------------------------------------
+    def GetStatus(self, request, context):
+        scope = current_principal().scope
+        counts = {state.value: n for state, n in self.store.count_jobs_by_state(tenant=scope).items()}
+        running = self.store.list_jobs(100, states=WORKER_STATES, tenant=scope)
+        return pb.GetStatusResponse(
+            version=self.version, jobs_by_state=counts, running_jobs=[self._job_message(j) for j in running],
+            data_bytes=disk_usage(self.config.data_dir) if scope is None else self.store.tenant_usage(scope)[0],
+            disk_free_bytes=shutil.disk_usage(self.config.data_dir).free,
+            uptime_seconds=time.monotonic() - self.started,
+        )
+
+    # Models, artifacts, generation ---------------------------------------------------
 
     def ListModels(self, request, context):
         models = [pb.Model(name=m.name, architecture=m.architecture, size_bytes=m.size_bytes)
@@ -128,7 +189,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
     def DownloadArtifact(self, request, context):
         job = self._succeeded_job(request.job_id)
         archive = self.config.job_dir(job.id) / ARCHIVE_NAME
-        if not archive.is_file():
+        if not archive.is_file() or archive.is_symlink():
             raise NotFound(f"job {job.id} has no artifact on disk")
         first = True
         for chunk in read_chunks(archive):
@@ -140,19 +201,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                 yield pb.DownloadArtifactResponse(chunk=chunk)
 
     def Generate(self, request, context):
-        prompt = _bounded("prompt", request.prompt, MAX_PROMPT_CHARS)
-        if not prompt.strip():
-            raise InvalidArgument("prompt", "is empty")
-        max_tokens = request.max_tokens or 128
-        if not 1 <= max_tokens <= MAX_NEW_TOKENS:
-            raise InvalidArgument("max_tokens", f"must be between 1 and {MAX_NEW_TOKENS}")
-        if not (math.isfinite(request.temperature) and 0 <= request.temperature <= 5):
-            raise InvalidArgument("temperature", "must be between 0 and 5")
-        top_p = request.top_p or 1.0
-        if not (math.isfinite(top_p) and 0 < top_p <= 1):
-            raise InvalidArgument("top_p", "must be in (0, 1]")
-        if len(request.stop) > MAX_STOP_SEQUENCES or any(len(s) > MAX_LABEL_CHARS or not s for s in request.stop):
-            raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_LABEL_CHARS} characters")
+        max_tokens, top_p = check.generation(request)
         if request.job_id:
             job = self._succeeded_job(request.job_id)
             base_model, adapter = job.base_model, self.config.job_dir(job.id) / "artifacts"
@@ -162,17 +211,37 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             raise InvalidArgument("job_id", "give a job_id (its adapter) or a base_model")
         model = find_model(self.config.resolved_models_dir, base_model)
         completion = self.inference.generate(
-            base_model_dir=model.path, adapter_dir=adapter, prompt=prompt, max_tokens=max_tokens,
-            temperature=request.temperature, top_p=top_p, stop=list(request.stop),
+            base_model_dir=model.path, adapter_dir=adapter, prompt=request.prompt, system=request.system or None,
+            max_tokens=max_tokens, temperature=request.temperature, top_p=top_p, stop=list(request.stop),
         )
         return pb.GenerateResponse(text=completion.text, completion_tokens=completion.tokens)
 
     def _succeeded_job(self, job_id: str) -> JobRecord:
-        job = self.store.get_job(_id("job_id", job_id))
+        job = self._job(job_id)
         if job.state is not JobState.SUCCEEDED:
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; it has no adapter until it SUCCEEDED")
+        if job.artifacts_deleted_at is not None:
+            raise FailedPrecondition(f"job {job.id}'s artifacts were deleted")
         return job
 
+    # Tokens (admin) ------------------------------------------------------------------
 
-def add_to_server(servicer: TuneVaultServicer, server: grpc.Server) -> None:
+    def CreateToken(self, request, context):
+        tenant = check_tenant_name(request.tenant)
+        role = check.role_name(request.role)
+        secret = new_secret()
+        record = self.store.insert_token(token_sha256=hash_token(secret), tenant=tenant, role=role,
+                                         name=check.bounded("name", request.name))
+        return pb.CreateTokenResponse(token=convert.token_to_proto(record), secret=secret)
+
+    def ListTokens(self, request, context):
+        tenant = check_tenant_name(request.tenant) if request.tenant else None
+        return pb.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in self.store.list_tokens(tenant)])
+
+    def RevokeToken(self, request, context):
+        record = self.store.revoke_token(check.required_id("token_id", request.token_id))
+        return pb.RevokeTokenResponse(token=convert.token_to_proto(record))
+
+
+def add_to_server(servicer: TuneVaultServicer, server) -> None:
     pb_grpc.add_TuneVaultServicer_to_server(servicer, server)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from tunevault.server.config import ServerConfig
 from tunevault.server.datasets import check_chat_jsonl
 from tunevault.server.errors import InvalidArgument, ResourceExhausted
 from tunevault.server.store import DatasetRecord, Store
@@ -16,8 +17,8 @@ from tunevault.v1 import tunevault_pb2 as pb
 MAX_NAME_CHARS = 200
 
 
-def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, data_dir: Path,
-                    max_bytes: int) -> DatasetRecord:
+def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, config: ServerConfig, *,
+                    tenant: str, max_bytes: int) -> DatasetRecord:
     """Stores an upload whose first message is metadata and the rest chunks.
 
     The bytes land in a temporary file first; only a dataset that passes the check is
@@ -34,7 +35,7 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, d
 
     dataset_id = new_id("ds")
     relative = Path("datasets") / f"{dataset_id}.jsonl"
-    final_path = data_dir / relative
+    final_path = config.data_dir / relative
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = final_path.with_suffix(".incoming")
     try:
@@ -43,12 +44,14 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, d
             check = check_chat_jsonl(handle)
         if not check.ok:
             raise InvalidArgument("dataset", check.summary())
+        if check.row_count > config.max_dataset_rows:
+            raise ResourceExhausted(f"dataset has {check.row_count} rows: max_dataset_rows={config.max_dataset_rows}")
         os.replace(temporary, final_path)
     finally:
         temporary.unlink(missing_ok=True)
     return store.insert_dataset(
         dataset_id=dataset_id, name=metadata.name or dataset_id, sha256=sha256, row_count=check.row_count,
-        size_bytes=size, format="chat_jsonl", path=str(relative),
+        size_bytes=size, format="chat_jsonl", path=str(relative), tenant=tenant,
     )
 
 
@@ -60,7 +63,8 @@ def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_b
                 raise InvalidArgument(f"message {index}", "only the first message may carry metadata")
             size += len(request.chunk)
             if size > max_bytes:
-                raise ResourceExhausted(f"upload larger than the limit max_upload_bytes={max_bytes}")
+                raise ResourceExhausted(f"upload larger than the limit max_upload_bytes={max_bytes} "
+                                        "(or the tenant's remaining storage quota)")
             digest.update(request.chunk)
             handle.write(request.chunk)
         handle.flush()

@@ -29,8 +29,8 @@ class WorkerProcess:
     job_id: str
     process: subprocess.Popen
     log_path: Path
-    # When the scheduler first asked it to stop for a cancel; it is killed after the grace.
-    cancel_signalled_at: float | None = None
+    # When the scheduler first asked it to stop (cancel or pause); it is killed after a grace.
+    stop_signalled_at: float | None = None
 
     @property
     def events(self) -> IO[str]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 LOG_TAIL_LINES = 8
 
@@ -17,8 +16,8 @@ class WorkerReport:
     result: dict[str, float] | None = None
     error_code: str | None = None
     error_message: str | None = None
-    last_step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # trained_tokens as last reported, to count only new tokens into the metrics counter.
+    last_trained_tokens: int = 0
 
 
 def describe_exit(returncode: int) -> str:
@@ -44,7 +43,10 @@ def failure(report: WorkerReport, returncode: int, log_path: Path) -> tuple[str,
     if report.error_message:
         return report.error_code or "INTERNAL", report.error_message
     tail = log_tail(log_path)
-    if "OutOfMemoryError" in tail or returncode == -signal.SIGKILL and "MemoryError" in tail:
-        return "RESOURCE_EXHAUSTED", f"worker ran out of memory ({describe_exit(returncode)})"
+    if "OutOfMemoryError" in tail or "MemoryError" in tail:
+        return "RESOURCE_EXHAUSTED", (f"worker ran out of memory ({describe_exit(returncode)}); "
+                                      "retry with a smaller batch_size or max_seq_len")
     message = f"worker {describe_exit(returncode)}"
+    if returncode == -signal.SIGKILL:
+        message += " (by an operator, or by the kernel's out-of-memory killer)"
     return "INTERNAL", f"{message}; last log lines:\n{tail}" if tail else message

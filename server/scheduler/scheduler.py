@@ -4,43 +4,62 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tunevault.server import hyperparameters as hp
+from tunevault.server import logs
 from tunevault.server.artifacts import ARCHIVE_NAME, pack_adapter
 from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition
+from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
 from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.store import JobRecord, JobState, Store
+from tunevault.server.store.states import WORKER_STATES
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-# Worker event types whose figures update the job row as well as the event log.
+LEASE_CHECK_SECONDS = 5.0
+RETENTION_CHECK_SECONDS = 600.0
+# Worker event types whose figures also update the job row.
 PROGRESS_EVENTS = {"step", "data.prepared", "checkpoint"}
+# Error codes that a retry with the same settings cannot fix.
+NOT_RETRYABLE = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"}
 
 
 class Scheduler:
     """Runs up to `max_concurrent_jobs` workers; one thread claims, one thread per worker reads."""
 
-    def __init__(self, config: ServerConfig, store: Store, executor: LocalProcessExecutor | None = None) -> None:
+    def __init__(self, config: ServerConfig, store: Store, metrics: Metrics,
+                 executor: LocalProcessExecutor | None = None) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics
         self.executor = executor or LocalProcessExecutor(config.python, config.jobs_dir)
         self._workers: dict[str, WorkerProcess] = {}
+        self._slots: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._loop_thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._next_lease_check = 0.0
+        self._next_retention_check = 0.0
 
     # Life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Recovers what the previous process left behind, then starts claiming."""
+        for job in self.store.list_jobs(limit=1_000_000, states=list(WORKER_STATES)):
+            ensure_worker_gone(job.worker_pid, job.id, self.config.shutdown_grace_seconds)
         requeued = self.store.requeue_orphans()
         if requeued:
             log.info("requeued %d job(s) left running by the previous process", len(requeued))
@@ -54,6 +73,7 @@ class Scheduler:
         """Stops claiming, asks running workers to checkpoint, waits, then requeues their jobs."""
         self._stopping.set()
         self._wake.set()
+        self._loop_thread.join(timeout=5)
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -65,10 +85,9 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a worker that outlives the grace is killed
                 worker.kill()
                 worker.process.wait()
-        self._loop_thread.join(timeout=5)
-        # Monitor threads finish the bookkeeping (requeue) as their workers exit.
+        # Follow threads do the bookkeeping (requeue) as their workers exit.
         for thread in [t for t in threading.enumerate() if t.name.startswith("worker-")]:
-            thread.join(timeout=5)
+            thread.join(timeout=10)
 
     def running_job_ids(self) -> list[str]:
         with self._lock:
@@ -79,46 +98,82 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._signal_cancellations()
-                while self._has_free_slot() and not self._stopping.is_set():
-                    job = self.store.claim_next_job(self.config.lease_seconds)
-                    if job is None:
-                        break
-                    self._launch(job)
+                self._tick()
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad job
                 log.exception("scheduler loop iteration failed")
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
-    def _has_free_slot(self) -> bool:
-        with self._lock:
-            return len(self._workers) < self.config.max_concurrent_jobs
+    def _tick(self) -> None:
+        self._signal_stop_requests()
+        now = time.monotonic()
+        if now >= self._next_lease_check:
+            self._next_lease_check = now + LEASE_CHECK_SECONDS
+            self._rescue_expired_leases()
+        if now >= self._next_retention_check and self.config.retention_days > 0:
+            self._next_retention_check = now + RETENTION_CHECK_SECONDS
+            self._apply_retention()
+        while self._free_slot() is not None and not self._stopping.is_set():
+            job = self.store.claim_next_job(self.config.lease_seconds)
+            if job is None:
+                break
+            self._launch(job)
 
-    def _signal_cancellations(self) -> None:
+    def _free_slot(self) -> int | None:
+        with self._lock:
+            used = set(self._slots.values())
+        return next((s for s in range(self.config.max_concurrent_jobs) if s not in used), None)
+
+    def _signal_stop_requests(self) -> None:
+        """Cancel and pause change a row; here the worker is told (SIGTERM), then killed after a grace."""
         with self._lock:
             workers = dict(self._workers)
         for job_id, worker in workers.items():
             job = self.store.get_job(job_id)
-            if job.cancel_requested:
-                if worker.cancel_signalled_at is None:
-                    worker.cancel_signalled_at = time.monotonic()
-                    worker.terminate()
-                elif time.monotonic() - worker.cancel_signalled_at > self.config.cancel_grace_seconds:
-                    worker.kill()
+            if not (job.cancel_requested or job.pause_requested):
+                continue
+            if worker.stop_signalled_at is None:
+                worker.stop_signalled_at = time.monotonic()
+                worker.terminate()
+            elif time.monotonic() - worker.stop_signalled_at > self.config.cancel_grace_seconds:
+                worker.kill()
+
+    def _rescue_expired_leases(self) -> None:
+        live = set(self.running_job_ids())
+        for job in self.store.expired_leases(time.time()):
+            if job.id in live:
+                continue  # its follow thread is still reading it; it will finish the job
+            ensure_worker_gone(job.worker_pid, job.id, self.config.shutdown_grace_seconds)
+            log.warning("job %s lost its worker (lease expired); recovering", job.id)
+            self.store.recover_lost_worker(job, "its worker stopped heartbeating (lease expired)")
+
+    def _apply_retention(self) -> None:
+        cutoff = time.time() - self.config.retention_days * 86400
+        for job in self.store.finished_before(cutoff):
+            freed = delete_job_files(self.config.job_dir(job.id))
+            self.store.update_job(job.id, artifacts_deleted_at=time.time())
+            self.store.append_event(job.id, "job.files_deleted", f"retention: deleted {freed} bytes", {"freed_bytes": freed})
+
+    # Starting one worker -------------------------------------------------------------
 
     def _launch(self, job: JobRecord) -> None:
+        slot = self._free_slot()
+        assert slot is not None
         try:
             self._write_spec(job)
             worker = self.executor.start(job.id)
         except Exception as error:  # noqa: BLE001 - a job that cannot start fails alone
             log.exception("could not start job %s", job.id)
-            self.store.transition(job.id, JobState.FAILED, event_type="job.failed",
-                                  message=str(error), error_code="INTERNAL", error_message=f"could not start worker: {error}")
+            finished = self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
+            self.metrics.job_finished(finished)
             return
         with self._lock:
             self._workers[job.id] = worker
-        log.info("job %s started (attempt %d, pid %d)", job.id, job.attempt, worker.process.pid)
-        threading.Thread(target=self._follow, args=(job, worker), name=f"worker-{job.id}", daemon=True).start()
+            self._slots[job.id] = slot
+        self.store.update_job(job.id, worker_pid=worker.process.pid)
+        self.metrics.job_started(job, slot)
+        log.info("job %s started (attempt %d, pid %d, slot %d)", job.id, job.attempt, worker.process.pid, slot)
+        threading.Thread(target=self._follow, args=(job, worker, slot), name=f"worker-{job.id}", daemon=True).start()
 
     def _write_spec(self, job: JobRecord) -> None:
         job_dir = self.config.job_dir(job.id)
@@ -142,11 +197,14 @@ class Scheduler:
 
     # Following one worker ------------------------------------------------------------
 
-    def _follow(self, job: JobRecord, worker: WorkerProcess) -> None:
-        report = WorkerReport()
+    def _follow(self, job: JobRecord, worker: WorkerProcess, slot: int) -> None:
+        logs.job_id.set(job.id)
+        report = WorkerReport(last_trained_tokens=job.trained_tokens)
         try:
+            process = psutil.Process(worker.process.pid)
             for line in worker.events:
-                self._handle_line(job.id, line, report)
+                self._handle_line(job.id, slot, line, report)
+                self._sample_memory(process, slot)
             returncode = worker.process.wait()
             self._finish(job, worker, report, returncode)
         except Exception:  # noqa: BLE001
@@ -155,57 +213,101 @@ class Scheduler:
         finally:
             with self._lock:
                 self._workers.pop(job.id, None)
+                self._slots.pop(job.id, None)
+            self.metrics.worker_stopped(slot)
             self._wake.set()
 
-    def _handle_line(self, job_id: str, line: str, report: WorkerReport) -> None:
+    def _sample_memory(self, process: psutil.Process, slot: int) -> None:
+        try:
+            self.metrics.worker_rss(slot, process.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def _handle_line(self, job_id: str, slot: int, line: str, report: WorkerReport) -> None:
         try:
             event = json.loads(line)
-            event_type, message, metrics = str(event["type"]), str(event.get("message", "")), dict(event.get("metrics") or {})
+            event_type, message = str(event["type"]), str(event.get("message", ""))
+            raw = dict(event.get("metrics") or {})
         except (ValueError, KeyError, TypeError):
             log.warning("job %s: ignoring a malformed event line: %.200s", job_id, line)
             return
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if event_type == "result":
-            report.result = metrics
-        elif event_type == "error":
+        figures = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if event_type == "error":
             report.error_code, report.error_message = str(event.get("code") or "INTERNAL"), message
-            return  # recorded as job.failed with the outcome
-        self.store.append_event(job_id, event_type, message, metrics)
-        self._record_progress(job_id, event_type, metrics)
+            return  # becomes the job's error when the worker exits
+        if event_type == "result":
+            report.result = figures
+        self.store.append_event(job_id, event_type, message, figures)
+        new_tokens = 0
+        if "trained_tokens" in figures:
+            new_tokens = max(0, int(figures["trained_tokens"]) - report.last_trained_tokens)
+            report.last_trained_tokens = max(report.last_trained_tokens, int(figures["trained_tokens"]))
+        self.metrics.worker_event(slot, event_type, figures, new_tokens)
+        self._record_progress(job_id, event_type, figures)
 
-    def _record_progress(self, job_id: str, event_type: str, metrics: dict[str, float]) -> None:
+    def _record_progress(self, job_id: str, event_type: str, figures: dict[str, float]) -> None:
+        # Any line from the worker is a heartbeat: the lease moves forward.
         fields: dict[str, Any] = {"lease_expires_at": time.time() + self.config.lease_seconds}
         if event_type in PROGRESS_EVENTS:
             for key in ("step", "total_steps", "trained_tokens"):
-                if key in metrics:
-                    fields[key] = int(metrics[key])
+                if key in figures:
+                    fields[key] = int(figures[key])
         self.store.update_job(job_id, **fields)
 
     def _finish(self, job: JobRecord, worker: WorkerProcess, report: WorkerReport, returncode: int) -> None:
         current = self.store.get_job(job.id)
         if current.cancel_requested:
-            self.store.transition(job.id, JobState.CANCELLED, event_type="job.cancelled", message="cancelled on request")
+            finished = self.store.transition(job.id, JobState.CANCELLED, event_type="job.cancelled",
+                                             message="cancelled on request", lease_expires_at=None)
         elif returncode == 0 and report.result is not None:
-            self._succeed(job, report.result)
+            finished = self._succeed(job, report.result)
+        elif current.pause_requested:
+            finished = self.store.transition(job.id, JobState.PAUSED, event_type="job.paused",
+                                             message=f"paused at step {current.step}", lease_expires_at=None)
         elif self._stopping.is_set():
-            self.store.transition(job.id, JobState.QUEUED, event_type="job.requeued",
-                                  message="requeued: the server is shutting down", lease_expires_at=None)
+            self.store.recover_lost_worker(current, "the server is shutting down")
+            finished = self.store.get_job(job.id)
         else:
             code, message = failure(report, returncode, worker.log_path)
-            self.store.transition(job.id, JobState.FAILED, event_type="job.failed", message=message,
-                                  error_code=code, error_message=message)
-        log.info("job %s finished: %s", job.id, self.store.get_job(job.id).state.value)
+            retry_after = None if code in NOT_RETRYABLE else self._backoff(current.attempt)
+            finished = self.store.record_failure(job.id, code, message, retry_after=retry_after)
+        self.metrics.job_finished(finished)
+        log.info("job %s: worker exited (%d); job is %s", job.id, returncode, finished.state.value)
 
-    def _succeed(self, job: JobRecord, metrics: dict[str, float]) -> None:
+    def _backoff(self, attempt: int) -> float:
+        return min(self.config.retry_backoff_seconds * 2 ** max(0, attempt - 1), 600.0)
+
+    def _succeed(self, job: JobRecord, metrics: dict[str, float]) -> JobRecord:
         job_dir = self.config.job_dir(job.id)
         size = pack_adapter(job_dir / "artifacts", job_dir / ARCHIVE_NAME, top_folder=f"{job.id}-adapter")
-        result = {
-            "adapter_path": str(Path("jobs") / job.id / "artifacts"),
-            "metrics": metrics,
-            "artifact_size_bytes": size,
-        }
+        result = {"adapter_path": str(Path("jobs") / job.id / "artifacts"), "metrics": metrics,
+                  "artifact_size_bytes": size}
         try:
-            self.store.transition(job.id, JobState.SUCCEEDED, event_type="job.succeeded",
-                                  message="adapter ready", metrics=metrics, result=result)
+            return self.store.transition(job.id, JobState.SUCCEEDED, event_type="job.succeeded",
+                                         message="adapter ready", metrics=metrics, result=result,
+                                         lease_expires_at=None)
         except FailedPrecondition:
             log.warning("job %s finished training but changed state meanwhile", job.id)
+            return self.store.get_job(job.id)
+
+
+def delete_job_files(job_dir: Path) -> int:
+    """Removes a job's artifacts, archive and checkpoints; keeps spec and log. Returns bytes freed."""
+    freed = 0
+    for name in ("artifacts", "checkpoints", ARCHIVE_NAME):
+        path = job_dir / name
+        freed += disk_usage(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    return freed
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes under `path` (a file or a folder), not following symlinks."""
+    if path.is_symlink() or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())

@@ -19,6 +19,7 @@ class DatasetRecord:
     format: str
     path: str
     created_at: float
+    tenant: str
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "DatasetRecord":
@@ -51,13 +52,21 @@ class JobRecord:
     queued_at: float | None
     started_at: float | None
     finished_at: float | None
+    not_before: float | None
+    error_history: list[dict[str, Any]]
+    pause_requested: bool
+    artifacts_deleted_at: float | None
+    worker_pid: int | None
+    tenant: str
+    created_by: str | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "JobRecord":
         values = {k: row[k] for k in cls.__dataclass_fields__}
         values["state"] = JobState(row["state"])
         values["cancel_requested"] = bool(row["cancel_requested"])
-        for key in ("hyperparameters", "resolved_hyperparameters", "result"):
+        values["pause_requested"] = bool(row["pause_requested"])
+        for key in ("hyperparameters", "resolved_hyperparameters", "result", "error_history"):
             values[key] = json.loads(row[key]) if row[key] is not None else None
         return cls(**values)
 
@@ -83,3 +92,17 @@ class EventRecord:
             created_at=row["created_at"],
             metrics=json.loads(row["metrics"]),
         )
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    tenant: str
+    role: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "TokenRecord":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})

@@ -15,8 +15,8 @@ import sqlite_utils
 from tunevault.server.errors import FailedPrecondition, NotFound
 from tunevault.server.store.db import connect
 from tunevault.server.store.ids import new_id
-from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord
-from tunevault.server.store.states import ALLOWED_FROM, JobState
+from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord, TokenRecord
+from tunevault.server.store.states import ALLOWED_FROM, WORKER_STATES, JobState
 
 
 class Store:
@@ -55,33 +55,46 @@ class Store:
     # Datasets -----------------------------------------------------------------------
 
     def insert_dataset(self, *, name: str, sha256: str, row_count: int, size_bytes: int,
-                       format: str, path: str, dataset_id: str | None = None) -> DatasetRecord:
+                       format: str, path: str, dataset_id: str | None = None, tenant: str = "default") -> DatasetRecord:
         record = DatasetRecord(
             id=dataset_id or new_id("ds"), name=name, sha256=sha256, row_count=row_count,
-            size_bytes=size_bytes, format=format, path=path, created_at=time.time(),
+            size_bytes=size_bytes, format=format, path=path, created_at=time.time(), tenant=tenant,
         )
         with self._transaction() as db:
             db["datasets"].insert(record.__dict__)
         return record
 
-    def get_dataset(self, dataset_id: str) -> DatasetRecord:
-        row = self._one("SELECT * FROM datasets WHERE id = ?", [dataset_id])
+    def get_dataset(self, dataset_id: str, tenant: str | None = None) -> DatasetRecord:
+        """The dataset; NotFound also when it belongs to another tenant than `tenant` (None: any)."""
+        row = self._one("SELECT * FROM datasets WHERE id = ? AND (? IS NULL OR tenant = ?)", [dataset_id, tenant, tenant])
         if row is None:
             raise NotFound(f"dataset {dataset_id!r} not found")
         return DatasetRecord.from_row(row)
 
-    def list_datasets(self, limit: int, before_id: str | None = None) -> list[DatasetRecord]:
-        sql = "SELECT * FROM datasets WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?"
+    def list_datasets(self, limit: int, before_id: str | None = None, tenant: str | None = None) -> list[DatasetRecord]:
+        sql = ("SELECT * FROM datasets WHERE (? IS NULL OR id < ?) AND (? IS NULL OR tenant = ?) "
+               "ORDER BY id DESC LIMIT ?")
         with self._lock:
-            rows = list(self._db.query(sql, [before_id, before_id, limit]))
+            rows = list(self._db.query(sql, [before_id, before_id, tenant, tenant, limit]))
         return [DatasetRecord.from_row(r) for r in rows]
+
+    def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        """(bytes of datasets, jobs waiting or running) owned by `tenant`, for its quotas."""
+        with self._lock:
+            stored = list(self._db.query("SELECT COALESCE(SUM(size_bytes), 0) AS n FROM datasets WHERE tenant = ?",
+                                         [tenant]))[0]["n"]
+            pending = list(self._db.query(
+                "SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND state IN "
+                "('VALIDATING', 'QUEUED', 'RUNNING', 'PAUSING', 'PAUSED', 'CANCELLING')", [tenant]))[0]["n"]
+        return int(stored), int(pending)
 
     # Jobs ---------------------------------------------------------------------------
 
     def create_job(self, *, dataset_id: str, validation_dataset_id: str | None, base_model: str,
                    hyperparameters: dict[str, Any], idempotency_key: str | None,
                    display_name: str = "", priority: int = 0, max_attempts: int = 3,
-                   ) -> tuple[JobRecord, bool]:
+                   not_before: float | None = None, tenant: str = "default",
+                   created_by: str | None = None) -> tuple[JobRecord, bool]:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
 
         The lookup and the insert share one transaction, so two racing retries of the same
@@ -89,7 +102,8 @@ class Store:
         """
         with self._transaction() as db:
             if idempotency_key:
-                existing = list(db.query("SELECT * FROM jobs WHERE idempotency_key = ?", [idempotency_key]))
+                existing = list(db.query("SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                                         [tenant, idempotency_key]))
                 if existing:
                     return JobRecord.from_row(existing[0]), False
             now = time.time()
@@ -99,20 +113,21 @@ class Store:
                 "validation_dataset_id": validation_dataset_id, "base_model": base_model,
                 "hyperparameters": json.dumps(hyperparameters), "idempotency_key": idempotency_key or None,
                 "display_name": display_name, "priority": priority, "max_attempts": max_attempts,
-                "created_at": now,
+                "created_at": now, "not_before": not_before, "tenant": tenant, "created_by": created_by,
             })
             self._insert_event(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
         return self.get_job(job_id), True
 
-    def get_job(self, job_id: str) -> JobRecord:
-        row = self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
+    def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job; NotFound also when it belongs to another tenant than `tenant` (None: any)."""
+        row = self._one("SELECT * FROM jobs WHERE id = ? AND (? IS NULL OR tenant = ?)", [job_id, tenant, tenant])
         if row is None:
             raise NotFound(f"job {job_id!r} not found")
         return JobRecord.from_row(row)
 
     def list_jobs(self, limit: int, states: Sequence[JobState] = (),
-                  before_id: str | None = None) -> list[JobRecord]:
-        clauses, params = ["(? IS NULL OR id < ?)"], [before_id, before_id]
+                  before_id: str | None = None, tenant: str | None = None) -> list[JobRecord]:
+        clauses, params = ["(? IS NULL OR id < ?)", "(? IS NULL OR tenant = ?)"], [before_id, before_id, tenant, tenant]
         if states:
             clauses.append(f"state IN ({','.join('?' * len(states))})")
             params.extend(s.value for s in states)
@@ -121,9 +136,10 @@ class Store:
             rows = list(self._db.query(sql, [*params, limit]))
         return [JobRecord.from_row(r) for r in rows]
 
-    def count_jobs_by_state(self) -> dict[JobState, int]:
+    def count_jobs_by_state(self, tenant: str | None = None) -> dict[JobState, int]:
         with self._lock:
-            rows = list(self._db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"))
+            rows = list(self._db.query("SELECT state, COUNT(*) AS n FROM jobs WHERE (? IS NULL OR tenant = ?) "
+                                       "GROUP BY state", [tenant, tenant]))
         counts = {state: 0 for state in JobState}
         counts.update({JobState(r["state"]): r["n"] for r in rows})
         return counts
@@ -170,9 +186,10 @@ class Store:
             rows = list(db.query(
                 """
                 UPDATE jobs
-                   SET state = 'RUNNING', attempt = attempt + 1,
+                   SET state = 'RUNNING', attempt = attempt + 1, worker_pid = NULL,
                        started_at = COALESCE(started_at, :now), lease_expires_at = :lease
-                 WHERE id = (SELECT id FROM jobs WHERE state = 'QUEUED'
+                 WHERE id = (SELECT id FROM jobs
+                              WHERE state = 'QUEUED' AND (not_before IS NULL OR not_before <= :now)
                               ORDER BY priority DESC, id LIMIT 1)
                 RETURNING *
                 """,
@@ -186,35 +203,124 @@ class Store:
         return job
 
     def request_cancel(self, job_id: str) -> JobRecord:
-        """Cancels a not-yet-running job at once; asks a running one to stop (CANCELLING)."""
+        """Cancels a job with no worker at once; asks a running one to stop (CANCELLING)."""
         job = self.get_job(job_id)
-        if job.state in (JobState.VALIDATING, JobState.QUEUED):
-            return self.transition(job_id, JobState.CANCELLED, event_type="job.cancelled", message="cancelled before it ran")
+        if job.state in (JobState.VALIDATING, JobState.QUEUED, JobState.PAUSED):
+            return self.transition(job_id, JobState.CANCELLED, event_type="job.cancelled",
+                                   message=f"cancelled while {job.state.value}")
         if job.state is JobState.CANCELLING:
             return job
         return self.transition(job_id, JobState.CANCELLING, event_type="job.cancelling",
                                message="cancel requested; stopping the worker", cancel_requested=1)
 
+    def request_pause(self, job_id: str) -> JobRecord:
+        """Holds a queued job at once; asks a running one to checkpoint and stop (PAUSING)."""
+        job = self.get_job(job_id)
+        if job.state in (JobState.PAUSING, JobState.PAUSED):
+            return job
+        if job.state is JobState.QUEUED:
+            return self.transition(job_id, JobState.PAUSED, event_type="job.paused", message="held before it ran")
+        return self.transition(job_id, JobState.PAUSING, event_type="job.pausing",
+                               message="pause requested; checkpointing", pause_requested=1)
+
+    def resume(self, job_id: str) -> JobRecord:
+        return self.transition(job_id, JobState.QUEUED, event_type="job.resumed",
+                               message="resumed; continues from its last checkpoint",
+                               pause_requested=0, queued_at=time.time())
+
+    def record_failure(self, job_id: str, code: str, message: str, *, retry_after: float | None) -> JobRecord:
+        """Adds the failure to the job's history, then requeues it after `retry_after` seconds
+        (None: never) while its failed attempts are fewer than max_attempts, else fails it.
+
+        Only failures count against max_attempts: a server restart is not the job's fault.
+        """
+        job = self.get_job(job_id)
+        history = [*job.error_history, {"attempt": job.attempt, "code": code, "message": message, "at": time.time()}]
+        if retry_after is not None and len(history) < job.max_attempts:
+            return self.transition(
+                job_id, JobState.QUEUED, event_type="job.retrying",
+                message=f"attempt {job.attempt} failed ({code}); retrying in {retry_after:.0f}s: {message}",
+                error_history=history, not_before=time.time() + retry_after, lease_expires_at=None, worker_pid=None,
+            )
+        return self.transition(job_id, JobState.FAILED, event_type="job.failed", message=message,
+                               error_code=code, error_message=message, error_history=history,
+                               lease_expires_at=None)
+
     def requeue_orphans(self) -> list[str]:
         """Puts jobs left RUNNING/CANCELLING by a previous server process back in order.
 
-        Their workers died with that process (they exit when their pipe to it breaks), so a
+        Their workers die with that process (SIGTERM from the kernel, or a broken pipe), so a
         RUNNING job is queued again (it resumes from its last checkpoint), a CANCELLING one
-        is finished as CANCELLED, and a VALIDATING one (accepted, not yet queued) is queued.
+        is CANCELLED, a PAUSING one PAUSED, and a VALIDATING one (accepted, not yet queued)
+        is queued. Returns the ids of the jobs that were RUNNING.
         """
-        requeued = []
-        orphans = self.list_jobs(limit=1_000_000, states=[JobState.VALIDATING, JobState.RUNNING, JobState.CANCELLING])
+        orphans = self.list_jobs(limit=1_000_000, states=[JobState.VALIDATING, *WORKER_STATES])
         for job in orphans:
             if job.state is JobState.VALIDATING:
                 # Requests are checked before the row is written, so only the move is missing.
                 self.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued after a restart")
-            elif job.state is JobState.CANCELLING:
-                self.transition(job.id, JobState.CANCELLED, event_type="job.cancelled", message="cancelled (server restarted)")
             else:
-                self.transition(job.id, JobState.QUEUED, event_type="job.requeued",
-                                message="requeued: the server restarted while it ran", lease_expires_at=None)
-                requeued.append(job.id)
-        return requeued
+                self.recover_lost_worker(job, "the server restarted while it ran")
+        return [job.id for job in orphans if job.state is JobState.RUNNING]
+
+    def recover_lost_worker(self, job: JobRecord, why: str) -> None:
+        """Finishes what a job's vanished worker was asked to do: requeue, pause or cancel."""
+        if job.state is JobState.CANCELLING:
+            self.transition(job.id, JobState.CANCELLED, event_type="job.cancelled", message=f"cancelled ({why})")
+        elif job.state is JobState.PAUSING:
+            self.transition(job.id, JobState.PAUSED, event_type="job.paused", message=f"paused ({why})",
+                            lease_expires_at=None)
+        elif job.state is JobState.RUNNING:
+            self.transition(job.id, JobState.QUEUED, event_type="job.requeued", message=f"requeued: {why}",
+                            lease_expires_at=None, queued_at=time.time())
+
+    def expired_leases(self, now: float) -> list[JobRecord]:
+        """Jobs whose worker has not been heard from within its lease."""
+        states = [s.value for s in WORKER_STATES]
+        with self._lock:
+            rows = list(self._db.query(
+                f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(states))}) AND lease_expires_at < ?",
+                [*states, now]))
+        return [JobRecord.from_row(r) for r in rows]
+
+    def finished_before(self, cutoff: float) -> list[JobRecord]:
+        """Terminal jobs finished before `cutoff` whose files still exist (for retention)."""
+        with self._lock:
+            rows = list(self._db.query(
+                "SELECT * FROM jobs WHERE state IN ('SUCCEEDED', 'FAILED', 'CANCELLED') AND finished_at < ? "
+                "AND artifacts_deleted_at IS NULL", [cutoff]))
+        return [JobRecord.from_row(r) for r in rows]
+
+    # Tokens -------------------------------------------------------------------------
+
+    def insert_token(self, *, token_sha256: str, tenant: str, role: str, name: str = "") -> TokenRecord:
+        record = TokenRecord(id=new_id("tok"), tenant=tenant, role=role, name=name, created_at=time.time(),
+                             revoked_at=None)
+        with self._transaction() as db:
+            db["tokens"].insert({**record.__dict__, "token_sha256": token_sha256})
+        return record
+
+    def find_token(self, token_sha256: str) -> TokenRecord | None:
+        row = self._one("SELECT * FROM tokens WHERE token_sha256 = ? AND revoked_at IS NULL", [token_sha256])
+        return TokenRecord.from_row(row) if row else None
+
+    def list_tokens(self, tenant: str | None = None) -> list[TokenRecord]:
+        with self._lock:
+            rows = list(self._db.query("SELECT * FROM tokens WHERE (? IS NULL OR tenant = ?) ORDER BY id",
+                                       [tenant, tenant]))
+        return [TokenRecord.from_row(r) for r in rows]
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        with self._transaction() as db:
+            db.execute("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", [time.time(), token_id])
+        row = self._one("SELECT * FROM tokens WHERE id = ?", [token_id])
+        if row is None:
+            raise NotFound(f"token {token_id!r} not found")
+        return TokenRecord.from_row(row)
+
+    def count_tokens(self) -> int:
+        with self._lock:
+            return list(self._db.query("SELECT COUNT(*) AS n FROM tokens"))[0]["n"]
 
     # Events -------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ class JobState(str, enum.Enum):
     VALIDATING = "VALIDATING"
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    PAUSING = "PAUSING"
+    PAUSED = "PAUSED"
     CANCELLING = "CANCELLING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -22,15 +24,20 @@ class JobState(str, enum.Enum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# States in which a worker process may be alive for the job.
+WORKER_STATES = frozenset({JobState.RUNNING, JobState.PAUSING, JobState.CANCELLING})
 
+_S = JobState
 # to-state -> the states a job may be in to move there.
 ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.VALIDATING, JobState.RUNNING}),  # RUNNING: requeue after a crash
-    JobState.RUNNING: frozenset({JobState.QUEUED}),
-    JobState.CANCELLING: frozenset({JobState.RUNNING}),
-    JobState.SUCCEEDED: frozenset({JobState.RUNNING}),
-    JobState.FAILED: frozenset({JobState.VALIDATING, JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING}),
-    JobState.CANCELLED: frozenset({JobState.VALIDATING, JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING}),
+    _S.QUEUED: frozenset({_S.VALIDATING, _S.RUNNING, _S.PAUSED}),  # RUNNING: retry or requeue after a crash
+    _S.RUNNING: frozenset({_S.QUEUED}),
+    _S.PAUSING: frozenset({_S.RUNNING}),
+    _S.PAUSED: frozenset({_S.QUEUED, _S.PAUSING}),
+    _S.CANCELLING: frozenset({_S.RUNNING, _S.PAUSING}),
+    _S.SUCCEEDED: frozenset({_S.RUNNING, _S.PAUSING}),
+    _S.FAILED: frozenset({_S.VALIDATING, _S.QUEUED, _S.RUNNING, _S.PAUSING, _S.CANCELLING}),
+    _S.CANCELLED: frozenset({_S.VALIDATING, _S.QUEUED, _S.RUNNING, _S.PAUSING, _S.PAUSED, _S.CANCELLING}),
 }
 
 

@@ -70,6 +70,46 @@ class TuneVaultStub:
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/tunevault.v1.TuneVault/PauseJob',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.PauseJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/tunevault.v1.TuneVault/ResumeJob',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ResumeJobResponse.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/tunevault.v1.TuneVault/DeleteJob',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/tunevault.v1.TuneVault/ListCheckpoints',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/tunevault.v1.TuneVault/GetStatus',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/tunevault.v1.TuneVault/CreateToken',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/tunevault.v1.TuneVault/ListTokens',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/tunevault.v1.TuneVault/RevokeToken',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
         self.StreamJobEvents = channel.unary_stream(
                 '/tunevault.v1.TuneVault/StreamJobEvents',
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.StreamJobEventsRequest.SerializeToString,
@@ -140,7 +180,63 @@ class TuneVaultServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a queued or running job. A finished job is FAILED_PRECONDITION.
+        """Cancels a queued, paused or running job. A finished job is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJob(self, request, context):
+        """Stops a running job at a checkpoint (PAUSING, then PAUSED), or holds a queued one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Puts a PAUSED job back in the queue; it continues from its last checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Deletes a finished job's artifacts and checkpoints; the job's record stays for the audit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Lists a job's resumable checkpoints with the metrics at each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """The appliance at a glance: version, queue, running jobs, disk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Admin only: creates an API token for a tenant and role; the secret is returned once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Admin only: lists tokens (never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Admin only: revokes a token at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +307,46 @@ def add_TuneVaultServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.CancelJobRequest.FromString,
                     response_serializer=tunevault_dot_v1_dot_tunevault__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.PauseJobRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.PauseJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ResumeJobRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ResumeJobResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteJobRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GetStatusRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.CreateTokenRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListTokensRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenResponse.SerializeToString,
             ),
             'StreamJobEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamJobEvents,
@@ -423,6 +559,222 @@ class TuneVault:
             '/tunevault.v1.TuneVault/CancelJob',
             tunevault_dot_v1_dot_tunevault__pb2.CancelJobRequest.SerializeToString,
             tunevault_dot_v1_dot_tunevault__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/PauseJob',
+            tunevault_dot_v1_dot_tunevault__pb2.PauseJobRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.PauseJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/ResumeJob',
+            tunevault_dot_v1_dot_tunevault__pb2.ResumeJobRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.ResumeJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/DeleteJob',
+            tunevault_dot_v1_dot_tunevault__pb2.DeleteJobRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/ListCheckpoints',
+            tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/GetStatus',
+            tunevault_dot_v1_dot_tunevault__pb2.GetStatusRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/CreateToken',
+            tunevault_dot_v1_dot_tunevault__pb2.CreateTokenRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/ListTokens',
+            tunevault_dot_v1_dot_tunevault__pb2.ListTokensRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/RevokeToken',
+            tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

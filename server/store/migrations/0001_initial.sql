@@ -20,7 +20,7 @@ CREATE TABLE jobs (
     base_model              TEXT NOT NULL,
     hyperparameters         TEXT NOT NULL,      -- JSON: as requested (null = auto)
     resolved_hyperparameters TEXT,              -- JSON: what the worker was told
-    idempotency_key         TEXT UNIQUE,
+    idempotency_key         TEXT,
     display_name            TEXT NOT NULL DEFAULT '',
     priority                INTEGER NOT NULL DEFAULT 0,
     attempt                 INTEGER NOT NULL DEFAULT 0,

@@ -1,0 +1,134 @@
+"""`make demo`: the main job end to end, through the real CLI against a real server.
+
+Starts `tunevault serve` on a free local port with a temporary data directory, submits the
+triage example, watches it with the progress bar, then shows eval loss and task accuracy
+before vs after and one generation from the base model vs the adapter, and stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = "smollm2-135m-instruct"
+TUNEVAULT = [sys.executable, "-m", "tunevault.client.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} ===", file=sys.stderr, flush=True)
+
+
+def cli(*args: str, env: dict[str, str], capture: bool = True) -> str:
+    """Runs one `tunevault` command; its stderr (progress, messages) goes straight to ours."""
+    result = subprocess.run([*TUNEVAULT, *args], env=env, check=False, text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    if result.returncode != 0:
+        raise SystemExit(f"`tunevault {' '.join(args)}` exited with {result.returncode}")
+    return result.stdout or ""
+
+
+def wait_serving(env: dict[str, str], server: subprocess.Popen, timeout: float = 60) -> None:
+    from tunevault.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(env["TUNEVAULT_ADDRESS"]) as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit("the server exited during start-up")
+            try:
+                if client.health(timeout=1) == "SERVING":
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.3)
+    raise SystemExit("the server did not become SERVING")
+
+
+def first_validation_row(path: Path) -> tuple[str, str, str]:
+    messages = json.loads(path.read_text().splitlines()[0])["messages"]
+    by_role = {m["role"]: m["content"] for m in messages}
+    return by_role.get("system", ""), by_role["user"], by_role["assistant"]
+
+
+def report(job: dict) -> None:
+    metrics = job.get("result", {}).get("metrics", {})
+    rows = [("eval loss", "base_eval_loss", "eval_loss", "{:.4f}"),
+            ("task accuracy (exact match)", "base_accuracy", "accuracy", "{:.1%}")]
+    print(f"\n{'':30}{'before':>10}{'after':>10}")
+    for label, before, after, fmt in rows:
+        if before in metrics and after in metrics:
+            print(f"{label:30}{fmt.format(metrics[before]):>10}{fmt.format(metrics[after]):>10}")
+    extra = {k: v for k, v in metrics.items() if k in ("train_loss", "trained_tokens", "steps", "train_seconds")}
+    print("  " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(extra.items())))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--train", type=Path, default=HERE / "triage.jsonl")
+    parser.add_argument("--validation", type=Path, default=HERE / "triage_validation.jsonl")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="tunevault-demo-"))
+    port = free_port()
+    # The first admin token comes from a file, as a Kubernetes Secret would give it.
+    token = "tv_" + secrets.token_urlsafe(32)
+    token_file = data_dir / "admin-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    env = {**os.environ, "TUNEVAULT_ADDRESS": f"127.0.0.1:{port}", "TUNEVAULT_TOKEN": token}
+    banner(f"starting the server on 127.0.0.1:{port} (data in {data_dir})")
+    server = subprocess.Popen([*TUNEVAULT, "serve", "--data-dir", str(data_dir), "--models-dir",
+                               str(args.models_dir.resolve()), "--listen", f"127.0.0.1:{port}",
+                               "--metrics-listen", f"127.0.0.1:{free_port()}", "--admin-token-file", str(token_file)],
+                              env=env)
+    try:
+        wait_serving(env, server)
+        banner("models in the store")
+        print(cli("models", env=env), end="")
+
+        banner("submitting the triage example and watching it")
+        job_id = cli("submit", str(args.train), "--model", MODEL, "--validation-file", str(args.validation),
+                     "--name", "demo-triage", env=env).strip()
+        subprocess.run([*TUNEVAULT, "watch", job_id], env=env, check=True)
+
+        banner("before vs after")
+        report(json.loads(cli("status", job_id, "--json", env=env)))
+
+        system, prompt, expected = first_validation_row(args.validation)
+        banner("one validation note, base model vs adapter")
+        print(f"note: {prompt}\nexpected: {expected}")
+        common = ["--system", system, "--max-tokens", "16"]
+        print("base:    " + cli("generate", "--base", MODEL, prompt, *common, env=env).strip())
+        print("adapter: " + cli("generate", job_id, prompt, *common, env=env).strip())
+        cli("download", job_id, "-o", str(data_dir), env=env)
+        print(f"\nadapter archive downloaded into {data_dir}", file=sys.stderr)
+        return 0
+    finally:
+        banner("stopping the server")
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

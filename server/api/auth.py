@@ -1,0 +1,157 @@
+"""Who is calling: bearer tokens checked by an interceptor, roles per method, a rate limit.
+
+Tokens are stored only as SHA-256 hashes; the secret is 256 random bits, so a plain hash is
+as good as a slow one. Health and reflection stay open; everything else needs a token,
+also on localhost.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from tunevault.server import logs
+from tunevault.server.api.handlers import wrap
+from tunevault.server.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from tunevault.server.store import Store
+
+ROLES = ("viewer", "submitter", "admin")
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+# The least role each method needs; a method missing here is refused (admin only).
+METHOD_ROLE = {
+    "UploadDataset": "submitter", "GetDataset": "viewer", "ListDatasets": "viewer",
+    "CreateJob": "submitter", "GetJob": "viewer", "ListJobs": "viewer", "CancelJob": "submitter",
+    "PauseJob": "submitter", "ResumeJob": "submitter", "DeleteJob": "submitter",
+    "ListCheckpoints": "viewer", "GetStatus": "viewer", "StreamJobEvents": "viewer",
+    "ListModels": "viewer", "DownloadArtifact": "viewer", "Generate": "submitter",
+    "CreateToken": "admin", "ListTokens": "admin", "RevokeToken": "admin",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller, as its token says."""
+
+    token_id: str
+    tenant: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose rows it may see; None (all) for an admin."""
+        return None if self.is_admin else self.tenant
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal:
+    principal = _principal.get()
+    if principal is None:  # the interceptor always sets it; this is a wiring bug
+        raise RuntimeError("no authenticated principal for this call")
+    return principal
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return "tv_" + secrets.token_urlsafe(32)
+
+
+def check_tenant_name(value: str) -> str:
+    if not TENANT_NAME.fullmatch(value or ""):
+        raise InvalidArgument("tenant", "lower-case letters, digits, - and _, at most 64 characters")
+    return value
+
+
+def bootstrap_admin_token(store: Store, preset_secret: str | None) -> str | None:
+    """On a store with no tokens, makes the first admin token. Returns its secret if generated here.
+
+    A preset secret (from a Kubernetes Secret file) is stored as given and not echoed.
+    """
+    if store.count_tokens() > 0:
+        return None
+    secret = preset_secret or new_secret()
+    store.insert_token(token_sha256=hash_token(secret), tenant="default", role="admin", name="bootstrap admin")
+    return None if preset_secret else secret
+
+
+class TokenBuckets:
+    """A request rate limit per token: `rate` per second on average, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates, authorizes and rate-limits each call before the servicer sees it."""
+
+    def __init__(self, store: Store, buckets: TokenBuckets) -> None:
+        self.store = store
+        self.buckets = buckets
+
+    def _authenticate(self, method: str, context: grpc.ServicerContext) -> Principal:
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')")
+        token = self.store.find_token(hash_token(secret.strip()))
+        if token is None:
+            raise Unauthenticated("unknown or revoked token")
+        principal = Principal(token_id=token.id, tenant=token.tenant, role=token.role)
+        needed = METHOD_ROLE.get(method, "admin")
+        if ROLES.index(principal.role) < ROLES.index(needed):
+            raise PermissionDenied(f"{method} needs the {needed} role; this token is {principal.role}")
+        if not self.buckets.take(token.id):
+            raise ResourceExhausted(f"rate limit exceeded: rate_limit_per_second={self.buckets.rate:g}")
+        return principal
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        method = handler_call_details.method.rpartition("/")[2]
+
+        def enter(context: grpc.ServicerContext) -> None:
+            # A refusal is a domain error: the ErrorInterceptor outside maps it to its code.
+            principal = self._authenticate(method, context)
+            _principal.set(principal)
+            logs.tenant.set(principal.tenant)
+
+        def unary(behaviour: Callable, request: Any, context: grpc.ServicerContext) -> Any:
+            enter(context)
+            return behaviour(request, context)
+
+        def stream(behaviour: Callable, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            enter(context)
+            yield from behaviour(request, context)
+
+        return wrap(handler, unary, stream)
