@@ -14,6 +14,8 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: install model test test-fast demo proto bench clean
 
 $(STAMP): pyproject.toml Makefile
+	# promtool and a real Prometheus server for the metrics tests (Debian package).
+	command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"

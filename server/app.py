@@ -56,6 +56,7 @@ class App:
             folder.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_path)
         self.metrics = Metrics(self.store, app_version())
+        self.store.on_transition(self.metrics.job_finished)
         self.scheduler = Scheduler(config, self.store, self.metrics)
         self.inference = InferenceProcess(config.python, config.data_dir / "inference.log")
         self.health = health.HealthServicer()

@@ -21,6 +21,7 @@ from tunevault.server.store import JobRecord, JobState, Store
 JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, float("inf"))
 WAIT_SECONDS_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 43200, float("inf"))
 LOAD_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, float("inf"))
+OUTCOMES = ("succeeded", "failed", "cancelled")
 RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 
 
@@ -51,6 +52,9 @@ class Metrics:
                                      ["outcome"], registry=r)
         self.job_duration = Histogram("tunevault_job_duration_seconds", "From first start to terminal state.",
                                       ["outcome"], buckets=JOB_SECONDS_BUCKETS, registry=r)
+        for outcome in OUTCOMES:  # every series exists from the start, so rate() sees the first job
+            self.jobs_finished.labels(outcome=outcome)
+            self.job_duration.labels(outcome=outcome)
         self.queue_wait = Histogram("tunevault_job_queue_wait_seconds", "From queued to a worker starting.",
                                     buckets=WAIT_SECONDS_BUCKETS, registry=r)
         self.trained_tokens = Counter("tunevault_trained_tokens_total", "Non-padding tokens trained on.", registry=r)

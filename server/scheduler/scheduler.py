@@ -164,8 +164,7 @@ class Scheduler:
             worker = self.executor.start(job.id)
         except Exception as error:  # noqa: BLE001 - a job that cannot start fails alone
             log.exception("could not start job %s", job.id)
-            finished = self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
-            self.metrics.job_finished(finished)
+            self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
             return
         with self._lock:
             self._workers[job.id] = worker
@@ -271,7 +270,6 @@ class Scheduler:
             code, message = failure(report, returncode, worker.log_path)
             retry_after = None if code in NOT_RETRYABLE else self._backoff(current.attempt)
             finished = self.store.record_failure(job.id, code, message, retry_after=retry_after)
-        self.metrics.job_finished(finished)
         log.info("job %s: worker exited (%d); job is %s", job.id, returncode, finished.state.value)
 
     def _backoff(self, attempt: int) -> float:

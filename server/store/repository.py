@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,11 @@ class Store:
         self._db: sqlite_utils.Database = connect(self.path)
         self._lock = threading.RLock()
         self._events_changed = threading.Condition(self._lock)
+        self._transition_listeners: list[Callable[[JobRecord], None]] = []
+
+    def on_transition(self, listener: Callable[[JobRecord], None]) -> None:
+        """Calls `listener(job)` after every state change, wherever it came from (API or scheduler)."""
+        self._transition_listeners.append(listener)
 
     def close(self) -> None:
         with self._lock:
@@ -170,7 +175,10 @@ class Store:
                 )
             self._insert_event(db, job_id, event_type, message, metrics or {}, target)
         self._notify()
-        return self.get_job(job_id)
+        job = self.get_job(job_id)
+        for listener in self._transition_listeners:
+            listener(job)
+        return job
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Sets plain columns (progress, lease, resolved hyperparameters) without a state change."""
