@@ -71,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
         lease_seconds=args.lease_seconds, retry_backoff_seconds=args.retry_backoff, retention_days=args.retention_days,
         admin_token_file=args.admin_token_file, rate_limit_per_second=args.rate_limit,
+        rate_limit_burst=args.rate_limit_burst,
         max_pending_jobs_per_tenant=args.max_pending_jobs, max_tenant_storage_bytes=args.max_tenant_storage,
         max_upload_bytes=args.max_upload_bytes, max_dataset_rows=args.max_dataset_rows,
     )
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-token-file", type=Path, default=os.environ.get("TUNEVAULT_ADMIN_TOKEN_FILE"),
                        help="first admin token, from a file (env TUNEVAULT_ADMIN_TOKEN_FILE); else generated and printed once")
     serve.add_argument("--rate-limit", type=float, default=50.0, help="requests per second per token")
+    serve.add_argument("--rate-limit-burst", type=float, default=200.0, help="requests a token may make at once")
     serve.add_argument("--max-pending-jobs", type=int, default=100, help="unfinished jobs per tenant")
     serve.add_argument("--max-tenant-storage", type=int, default=50 * 1024**3, help="dataset bytes per tenant")
     serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024**2)

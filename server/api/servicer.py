@@ -52,8 +52,12 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         room = self.config.max_tenant_storage_bytes - stored
         if room <= 0:
             raise ResourceExhausted(f"tenant storage quota reached: max_tenant_storage_bytes={self.config.max_tenant_storage_bytes}")
+        if room < self.config.max_upload_bytes:
+            limit = ("max_tenant_storage_bytes (what is left of it)", room)
+        else:
+            limit = ("max_upload_bytes", self.config.max_upload_bytes)
         record = receive_dataset(request_iterator, self.store, self.config, tenant=principal.tenant,
-                                 max_bytes=min(self.config.max_upload_bytes, room))
+                                 max_bytes=limit[1], limit_name=limit[0])
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
 
     def GetDataset(self, request, context):

@@ -18,7 +18,7 @@ MAX_NAME_CHARS = 200
 
 
 def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, config: ServerConfig, *,
-                    tenant: str, max_bytes: int) -> DatasetRecord:
+                    tenant: str, max_bytes: int, limit_name: str) -> DatasetRecord:
     """Stores an upload whose first message is metadata and the rest chunks.
 
     The bytes land in a temporary file first; only a dataset that passes the check is
@@ -39,7 +39,7 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = final_path.with_suffix(".incoming")
     try:
-        sha256, size = _write_chunks(requests, temporary, max_bytes)
+        sha256, size = _write_chunks(requests, temporary, max_bytes, limit_name)
         with temporary.open("rb") as handle:
             check = check_chat_jsonl(handle)
         if not check.ok:
@@ -55,7 +55,8 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     )
 
 
-def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_bytes: int) -> tuple[str, int]:
+def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_bytes: int,
+                  limit_name: str) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with path.open("wb") as handle:
         for index, request in enumerate(requests, start=1):
@@ -63,8 +64,7 @@ def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_b
                 raise InvalidArgument(f"message {index}", "only the first message may carry metadata")
             size += len(request.chunk)
             if size > max_bytes:
-                raise ResourceExhausted(f"upload larger than the limit max_upload_bytes={max_bytes} "
-                                        "(or the tenant's remaining storage quota)")
+                raise ResourceExhausted(f"upload larger than the limit {limit_name}={max_bytes}")
             digest.update(request.chunk)
             handle.write(request.chunk)
         handle.flush()
