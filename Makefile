@@ -11,7 +11,7 @@ STAMP      := $(VENV)/.installed-stamp
 # requirement would pull a multi-GB CUDA build. A CUDA machine installs its own torch first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install model test test-fast demo proto bench clean
+.PHONY: install model test test-fast demo proto bench image clean
 
 $(STAMP): pyproject.toml Makefile
 	# promtool and a real Prometheus server for the metrics tests (Debian package).
@@ -43,6 +43,12 @@ demo: model
 # Regenerates the checked-in gRPC code after a .proto change.
 proto: install
 	$(PY) proto/generate.py
+
+IMAGE ?= tunevault:0.1.0
+
+# The server image (CUDA base, CUDA torch); docs/deploy.md covers the CPU image, podman and air-gapped sites.
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

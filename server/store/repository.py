@@ -13,6 +13,7 @@ from typing import Any
 import sqlite_utils
 
 from tunevault.server.errors import FailedPrecondition, NotFound
+from tunevault.server.store import audit
 from tunevault.server.store.db import connect
 from tunevault.server.store.ids import new_id
 from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord, TokenRecord
@@ -329,6 +330,37 @@ class Store:
     def count_tokens(self) -> int:
         with self._lock:
             return list(self._db.query("SELECT COUNT(*) AS n FROM tokens"))[0]["n"]
+
+    # Audit --------------------------------------------------------------------------
+
+    def append_audit(self, *, principal: str, tenant: str, action: str, job_id: str | None = None,
+                     dataset_id: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Appends one entry to the hash chain (see audit.py) and moves the head, atomically."""
+        with self._transaction() as db:
+            head = list(db.query("SELECT seq, entry_hash FROM audit_head WHERE id = 1"))
+            seq, prev = (head[0]["seq"] + 1, head[0]["entry_hash"]) if head else (1, audit.GENESIS)
+            entry = {"seq": seq, "at": time.time(), "principal": principal, "tenant": tenant, "action": action,
+                     "job_id": job_id, "dataset_id": dataset_id,
+                     "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":"))}
+            entry["prev_hash"] = prev
+            entry["content_hash"] = audit.content_hash(entry)
+            entry["entry_hash"] = audit.entry_hash(prev, entry["content_hash"])
+            db["audit"].insert(entry)
+            db.execute("INSERT INTO audit_head (id, seq, entry_hash) VALUES (1, ?, ?) "
+                       "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, entry_hash = excluded.entry_hash",
+                       [seq, entry["entry_hash"]])
+        return entry
+
+    def audit_entries(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._db.query("SELECT * FROM audit WHERE (? IS NULL OR tenant = ?) ORDER BY seq",
+                                       [tenant, tenant]))
+
+    def verify_audit(self) -> audit.Verdict:
+        with self._lock:
+            rows = list(self._db.query("SELECT * FROM audit ORDER BY seq"))
+            head = list(self._db.query("SELECT seq, entry_hash FROM audit_head WHERE id = 1"))
+        return audit.verify(rows, head[0] if head else None)
 
     # Events -------------------------------------------------------------------------
 
