@@ -252,6 +252,43 @@ def cmd_admin_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_rows(data_dir: Path) -> tuple[list[dict], dict | None]:
+    import sqlite3
+
+    database = data_dir / "tunevault.db"
+    if not database.is_file():
+        raise SystemExit(f"no database at {database}")
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in db.execute("SELECT * FROM audit ORDER BY seq")]
+        head = db.execute("SELECT seq, entry_hash FROM audit_head WHERE id = 1").fetchone()
+    return rows, dict(head) if head else None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Works on the database file itself (or a copy of it), not through the server."""
+    from tunevault.server.config import default_data_dir
+    from tunevault.server.store.audit import verify
+
+    rows, head = _audit_rows(args.data_dir or default_data_dir())
+    verdict = verify(rows, head)
+    if args.audit_command == "verify":
+        if verdict.ok:
+            print(f"audit log intact: {verdict.entries} entries, head {head['entry_hash'] if head else '-'}")
+            return 0
+        print(f"audit log BROKEN: {verdict.problem}")
+        return 1
+    out = open(args.output, "w") if args.output else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps({**row, "details": json.loads(row["details"])}, sort_keys=True) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    _say(f"exported {len(rows)} entries; chain {'intact' if verdict.ok else 'BROKEN: ' + verdict.problem}")
+    return 0 if verdict.ok else 1
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as client:
         path = client.download_artifact(args.job, args.output)
@@ -378,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--tenant", help="create: the tenant (list: only this tenant)")
     tokens.add_argument("--role", choices=["admin", "submitter", "viewer"], default="submitter")
     tokens.add_argument("--name", help="create: a label for people")
+
+    audit = commands.add_parser("audit", help="verify or export the hash-chained audit log (on the appliance)")
+    audit.add_argument("audit_command", choices=["verify", "export"])
+    audit.add_argument("--data-dir", type=Path, help="the appliance's data directory (or a copy of it)")
+    audit.add_argument("-o", "--output", type=Path, help="export: a JSONL file (default stdout)")
+    audit.set_defaults(handler=cmd_audit)
 
     download = add("download", cmd_download, "download a finished job's adapter archive")
     download.add_argument("job")

@@ -57,6 +57,7 @@ class App:
         self.store = Store(config.database_path)
         self.metrics = Metrics(self.store, app_version())
         self.store.on_transition(self.metrics.job_finished)
+        self.store.on_transition(self._audit_outcome)
         self.scheduler = Scheduler(config, self.store, self.metrics)
         self.inference = InferenceProcess(config.python, config.data_dir / "inference.log")
         self.health = health.HealthServicer()
@@ -76,6 +77,14 @@ class App:
             self.grpc_server,
         )
         self.port = 0
+
+    def _audit_outcome(self, job) -> None:
+        """Every job's end goes into the audit log, whoever ended it."""
+        if job.state.terminal:
+            details = {"state": job.state.value, "error_code": job.error_code,
+                       "adapter_sha256": (job.result or {}).get("adapter_sha256")}
+            self.store.append_audit(principal="system", tenant=job.tenant, action=f"job.{job.state.value.lower()}",
+                                    job_id=job.id, dataset_id=job.dataset_id, details=details)
 
     def start(self) -> None:
         preset = self.config.admin_token_file.read_text().strip() if self.config.admin_token_file else None

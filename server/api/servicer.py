@@ -41,6 +41,12 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
     def _job(self, job_id: str) -> JobRecord:
         return self.store.get_job(check.required_id("job_id", job_id), tenant=current_principal().scope)
 
+    def _audit(self, action: str, *, tenant: str | None = None, job_id: str | None = None,
+               dataset_id: str | None = None, **details) -> None:
+        principal = current_principal()
+        self.store.append_audit(principal=principal.token_id, tenant=tenant or principal.tenant, action=action,
+                                job_id=job_id, dataset_id=dataset_id, details=details)
+
     def _job_message(self, job: JobRecord) -> pb.Job:
         return convert.job_to_proto(job, disk_usage(self.config.job_dir(job.id)))
 
@@ -58,6 +64,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             limit = ("max_upload_bytes", self.config.max_upload_bytes)
         record = receive_dataset(request_iterator, self.store, self.config, tenant=principal.tenant,
                                  max_bytes=limit[1], limit_name=limit[0])
+        self._audit("UploadDataset", dataset_id=record.id, sha256=record.sha256, rows=record.row_count,
+                    size_bytes=record.size_bytes)
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
 
     def GetDataset(self, request, context):
@@ -103,6 +111,9 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if created:
             job = self.store.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued",
                                         queued_at=job.created_at)
+            self._audit("CreateJob", tenant=job.tenant, job_id=job.id, dataset_id=dataset.id,
+                        dataset_sha256=dataset.sha256, validation_dataset_id=job.validation_dataset_id,
+                        base_model=job.base_model, hyperparameters=requested)
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))
 
@@ -122,6 +133,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if job.state.terminal:
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; only an unfinished job can be cancelled")
         job = self.store.request_cancel(job.id)
+        self._audit("CancelJob", tenant=job.tenant, job_id=job.id)
         self.scheduler.wake()
         return pb.CancelJobResponse(job=self._job_message(job))
 
@@ -130,11 +142,13 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if job.state not in (JobState.QUEUED, JobState.RUNNING, JobState.PAUSING, JobState.PAUSED):
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; only a queued or running job can be paused")
         job = self.store.request_pause(job.id)
+        self._audit("PauseJob", tenant=job.tenant, job_id=job.id)
         self.scheduler.wake()
         return pb.PauseJobResponse(job=self._job_message(job))
 
     def ResumeJob(self, request, context):
         job = self.store.resume(self._job(request.job_id).id)
+        self._audit("ResumeJob", tenant=job.tenant, job_id=job.id)
         self.scheduler.wake()
         return pb.ResumeJobResponse(job=self._job_message(job))
 
@@ -146,6 +160,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if job.artifacts_deleted_at is None:
             self.store.update_job(job.id, artifacts_deleted_at=time.time())
             self.store.append_event(job.id, "job.files_deleted", f"deleted {freed} bytes", {"freed_bytes": freed})
+        self._audit("DeleteJob", tenant=job.tenant, job_id=job.id, freed_bytes=freed)
         return pb.DeleteJobResponse(job=self._job_message(self.store.get_job(job.id)), freed_bytes=freed)
 
     def ListCheckpoints(self, request, context):
@@ -195,11 +210,13 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         archive = self.config.job_dir(job.id) / ARCHIVE_NAME
         if not archive.is_file() or archive.is_symlink():
             raise NotFound(f"job {job.id} has no artifact on disk")
+        digest = sha256_of(archive)
+        self._audit("DownloadArtifact", tenant=job.tenant, job_id=job.id, adapter_sha256=digest)
         first = True
         for chunk in read_chunks(archive):
             if first:
                 yield pb.DownloadArtifactResponse(chunk=chunk, filename=f"{job.id}-adapter.tar.gz",
-                                                  size_bytes=archive.stat().st_size, sha256=sha256_of(archive))
+                                                  size_bytes=archive.stat().st_size, sha256=digest)
                 first = False
             else:
                 yield pb.DownloadArtifactResponse(chunk=chunk)
@@ -214,6 +231,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         else:
             raise InvalidArgument("job_id", "give a job_id (its adapter) or a base_model")
         model = find_model(self.config.resolved_models_dir, base_model)
+        # The prompt itself is not logged: it may carry exactly the data this appliance protects.
+        self._audit("Generate", job_id=request.job_id or None, base_model=base_model, prompt_chars=len(request.prompt))
         completion = self.inference.generate(
             base_model_dir=model.path, adapter_dir=adapter, prompt=request.prompt, system=request.system or None,
             max_tokens=max_tokens, temperature=request.temperature, top_p=top_p, stop=list(request.stop),
@@ -236,6 +255,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         secret = new_secret()
         record = self.store.insert_token(token_sha256=hash_token(secret), tenant=tenant, role=role,
                                          name=check.bounded("name", request.name))
+        self._audit("CreateToken", tenant=tenant, token_id=record.id, role=role)
         return pb.CreateTokenResponse(token=convert.token_to_proto(record), secret=secret)
 
     def ListTokens(self, request, context):
@@ -244,6 +264,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
 
     def RevokeToken(self, request, context):
         record = self.store.revoke_token(check.required_id("token_id", request.token_id))
+        self._audit("RevokeToken", tenant=record.tenant, token_id=record.id)
         return pb.RevokeTokenResponse(token=convert.token_to_proto(record))
 
 

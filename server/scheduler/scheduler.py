@@ -14,7 +14,7 @@ import psutil
 
 from tunevault.server import hyperparameters as hp
 from tunevault.server import logs
-from tunevault.server.artifacts import ARCHIVE_NAME, pack_adapter
+from tunevault.server.artifacts import ARCHIVE_NAME, pack_adapter, sha256_of
 from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.metrics import Metrics
@@ -279,7 +279,7 @@ class Scheduler:
         job_dir = self.config.job_dir(job.id)
         size = pack_adapter(job_dir / "artifacts", job_dir / ARCHIVE_NAME, top_folder=f"{job.id}-adapter")
         result = {"adapter_path": str(Path("jobs") / job.id / "artifacts"), "metrics": metrics,
-                  "artifact_size_bytes": size}
+                  "artifact_size_bytes": size, "adapter_sha256": sha256_of(job_dir / ARCHIVE_NAME)}
         try:
             return self.store.transition(job.id, JobState.SUCCEEDED, event_type="job.succeeded",
                                          message="adapter ready", metrics=metrics, result=result,
