@@ -37,7 +37,9 @@ def hyperparameters_to_proto(values: dict[str, Any]) -> pb.Hyperparameters:
         if name == "lora_target_modules":
             message.lora_target_modules.extend(value)
         elif name in _SCALAR_HYPERPARAMETERS:
-            setattr(message, name, value)
+            field = pb.Hyperparameters.DESCRIPTOR.fields_by_name[name]
+            integral = field.type in (field.TYPE_INT32, field.TYPE_INT64)
+            setattr(message, name, int(value) if integral else value)
     return message
 
 

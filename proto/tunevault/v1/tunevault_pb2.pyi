@@ -146,7 +146,7 @@ class Hyperparameters(_message.Message):
     batch_size: int
     gradient_accumulation_steps: int
     lora_r: int
-    lora_alpha: int
+    lora_alpha: float
     lora_dropout: float
     max_seq_len: int
     warmup_ratio: float
@@ -159,7 +159,7 @@ class Hyperparameters(_message.Message):
     eval_accuracy_max_examples: int
     checkpoint_every: int
     lora_target_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts")
