@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # The worker gets SIGTERM (checkpoint, exit) if the server dies; its broken stdout pipe
-    # is the second line of defence. Linux only; elsewhere the pipe alone does it.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -58,12 +46,15 @@ class LocalProcessExecutor:
     def start(self, job_id: str) -> WorkerProcess:
         job_dir = self.jobs_dir / job_id
         log_path = job_dir / "worker.log"
+        # TUNEVAULT_PARENT_PID lets the worker ask the kernel for SIGTERM when this process
+        # dies (prctl PDEATHSIG, set by the worker itself). No preexec_fn here: running Python
+        # in a forked child of a process with gRPC threads can abort the child before exec.
         env = {**os.environ, **self.extra_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [self.python, "-m", "tunevault.server.worker", "--jobs-dir", str(self.jobs_dir), job_id],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
-                env=env, cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent,
+                env=env, cwd=job_dir, start_new_session=True,
             )
         return WorkerProcess(job_id=job_id, process=process, log_path=log_path)

@@ -268,12 +268,13 @@ class Scheduler:
             finished = self.store.get_job(job.id)
         else:
             code, message = failure(report, returncode, worker.log_path)
-            retry_after = None if code in NOT_RETRYABLE else self._backoff(current.attempt)
+            # Backoff grows with failures, not starts: server restarts are not the job's fault.
+            retry_after = None if code in NOT_RETRYABLE else self._backoff(len(current.error_history) + 1)
             finished = self.store.record_failure(job.id, code, message, retry_after=retry_after)
         log.info("job %s: worker exited (%d); job is %s", job.id, returncode, finished.state.value)
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.config.retry_backoff_seconds * 2 ** max(0, attempt - 1), 600.0)
+    def _backoff(self, failures: int) -> float:
+        return min(self.config.retry_backoff_seconds * 2 ** max(0, failures - 1), 600.0)
 
     def _succeed(self, job: JobRecord, metrics: dict[str, float]) -> JobRecord:
         job_dir = self.config.job_dir(job.id)
