@@ -117,7 +117,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job = client.create_job(train.id, args.model, hyperparameters, validation_dataset_id=validation_id,
                                 idempotency_key=args.idempotency_key, display_name=args.name or "",
                                 priority=args.priority, not_before=_parse_time(args.not_before),
-                                max_attempts=args.max_attempts)
+                                max_attempts=args.max_attempts, pii=args.pii)
         print(job.id, flush=True)
         _say(f"job {job.id} is {_state_name(job.state)}")
         return watch_job(client, job.id) if args.wait else 0
@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0, help="higher runs first (-1000..1000)")
     submit.add_argument("--not-before", help="ISO time before which it does not start, e.g. 2026-11-23T02:00")
     submit.add_argument("--max-attempts", type=int, default=0, help="worker starts before it fails (default 3)")
+    submit.add_argument("--pii", choices=["off", "redact", "reject"], default="",
+                        help="scrub personal identifiers before training: redact them, or reject the data")
 
     jobs = add("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")

@@ -71,6 +71,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0) -> pb.Job:
         total_steps=job.total_steps, attempt=job.attempt, priority=job.priority,
         not_before=timestamp(job.not_before), max_attempts=job.max_attempts, queued_at=timestamp(job.queued_at),
         disk_usage_bytes=disk_usage_bytes, artifacts_deleted=job.artifacts_deleted_at is not None,
+        pii=pb.PiiMode.Value(f"PII_MODE_{job.pii_mode.upper()}"), tenant=job.tenant,
         error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
                        for e in job.error_history],
     )

@@ -107,13 +107,14 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             display_name=check.bounded("display_name", request.display_name),
             priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
             not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
+            pii_mode=check.pii_mode(request.pii),
         )
         if created:
             job = self.store.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued",
                                         queued_at=job.created_at)
             self._audit("CreateJob", tenant=job.tenant, job_id=job.id, dataset_id=dataset.id,
                         dataset_sha256=dataset.sha256, validation_dataset_id=job.validation_dataset_id,
-                        base_model=job.base_model, hyperparameters=requested)
+                        base_model=job.base_model, hyperparameters=requested, pii=job.pii_mode)
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))
 

@@ -55,6 +55,14 @@ def not_before(request: pb.CreateJobRequest) -> float | None:
     return seconds
 
 
+def pii_mode(value: int) -> str:
+    if value == pb.PII_MODE_UNSPECIFIED:
+        return "off"
+    if value not in (pb.PII_MODE_OFF, pb.PII_MODE_REDACT, pb.PII_MODE_REJECT):
+        raise InvalidArgument("pii", "must be PII_MODE_OFF, PII_MODE_REDACT or PII_MODE_REJECT")
+    return pb.PiiMode.Name(value).removeprefix("PII_MODE_").lower()
+
+
 def role_name(value: int) -> str:
     if value not in (pb.ROLE_VIEWER, pb.ROLE_SUBMITTER, pb.ROLE_ADMIN):
         raise InvalidArgument("role", "must be ROLE_VIEWER, ROLE_SUBMITTER or ROLE_ADMIN")

@@ -189,6 +189,7 @@ class Scheduler:
             "output_dir": str(job_dir / "artifacts"),
             "checkpoint_dir": str(job_dir / "checkpoints"),
             "hyperparameters": resolved,
+            "pii": job.pii_mode,
         }
         temporary = job_dir / "spec.json.tmp"
         temporary.write_text(json.dumps(spec, indent=2))

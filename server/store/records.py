@@ -59,6 +59,7 @@ class JobRecord:
     worker_pid: int | None
     tenant: str
     created_by: str | None
+    pii_mode: str
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "JobRecord":

@@ -100,7 +100,7 @@ class Store:
                    hyperparameters: dict[str, Any], idempotency_key: str | None,
                    display_name: str = "", priority: int = 0, max_attempts: int = 3,
                    not_before: float | None = None, tenant: str = "default",
-                   created_by: str | None = None) -> tuple[JobRecord, bool]:
+                   created_by: str | None = None, pii_mode: str = "off") -> tuple[JobRecord, bool]:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
 
         The lookup and the insert share one transaction, so two racing retries of the same
@@ -120,6 +120,7 @@ class Store:
                 "hyperparameters": json.dumps(hyperparameters), "idempotency_key": idempotency_key or None,
                 "display_name": display_name, "priority": priority, "max_attempts": max_attempts,
                 "created_at": now, "not_before": not_before, "tenant": tenant, "created_by": created_by,
+                "pii_mode": pii_mode,
             })
             self._insert_event(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
         return self.get_job(job_id), True
