@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrent_jobs=args.max_concurrent_jobs, shutdown_grace_seconds=args.shutdown_grace,
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
         lease_seconds=args.lease_seconds, retry_backoff_seconds=args.retry_backoff, retention_days=args.retention_days,
+        retry_backoff_max_seconds=args.retry_backoff_max,
         admin_token_file=args.admin_token_file, rate_limit_per_second=args.rate_limit,
         rate_limit_burst=args.rate_limit_burst,
         max_pending_jobs_per_tenant=args.max_pending_jobs, max_tenant_storage_bytes=args.max_tenant_storage,
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a worker silent this long is presumed dead and its job recovered")
     serve.add_argument("--retry-backoff", type=float, default=10.0,
                        help="seconds before the first retry of a crashed worker (doubles per attempt)")
+    serve.add_argument("--retry-backoff-max", type=float, default=600.0, help="longest wait between retries")
     serve.add_argument("--retention-days", type=float, default=0.0,
                        help="delete artifacts of jobs finished this many days ago (0 keeps them)")
     serve.add_argument("--admin-token-file", type=Path, default=os.environ.get("TUNEVAULT_ADMIN_TOKEN_FILE"),

@@ -31,6 +31,7 @@ class ServerConfig:
     cancel_grace_seconds: float = 20.0
     # First retry of a crashed worker after this many seconds, doubling per attempt (max 10 min).
     retry_backoff_seconds: float = 10.0
+    retry_backoff_max_seconds: float = 600.0
     # Artifacts and checkpoints of jobs finished this many days ago are deleted (0 = keep).
     retention_days: float = 0.0
     # Limits; exceeding one is RESOURCE_EXHAUSTED naming it.

@@ -101,7 +101,7 @@ def test_server_killed_again_and_again_loses_and_duplicates_nothing(tmp_path: Pa
 def test_worker_killed_again_and_again_is_retried_and_resumes(tmp_path: Path, tiny_models_dir: Path) -> None:
     chance = random.Random(7)
     data_dir = tmp_path / "data"
-    server = start_server(data_dir, tiny_models_dir, "--retry-backoff", "0.2")
+    server = start_server(data_dir, tiny_models_dir, "--retry-backoff", "0.2", "--retry-backoff-max", "2")
     try:
         with server.client() as client:
             dataset = client.upload_dataset(_dataset(tmp_path))

@@ -275,7 +275,7 @@ class Scheduler:
         log.info("job %s: worker exited (%d); job is %s", job.id, returncode, finished.state.value)
 
     def _backoff(self, failures: int) -> float:
-        return min(self.config.retry_backoff_seconds * 2 ** max(0, failures - 1), 600.0)
+        return min(self.config.retry_backoff_seconds * 2 ** max(0, failures - 1), self.config.retry_backoff_max_seconds)
 
     def _succeed(self, job: JobRecord, metrics: dict[str, float]) -> JobRecord:
         job_dir = self.config.job_dir(job.id)
