@@ -1,0 +1,250 @@
+"""Fine-tuning hyperparameters: their names, validation at the API edge, and resolution of "auto" values.
+
+Pure Python on purpose: the gRPC server validates a CreateJob request with this module and must
+never import torch. Every field is optional; None (or the string "auto") means "choose from the
+dataset", and resolve() makes that choice the same way in the API process and in the worker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class HyperparameterError(ValueError):
+    """One hyperparameter is unacceptable; `field` names it so the API can say which."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"hyperparameter {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+# Defaults chosen for LoRA on small (100M-1B) chat models on a CPU or one GPU; each is what
+# resolve() returns when a field is left on "auto".
+AUTO_LEARNING_RATE = 2e-3  # LoRA on a 135M model tolerates and wants a high rate
+AUTO_LORA_R = 16  # rank 16 on all linear layers: enough capacity for classification-like tasks
+AUTO_LORA_ALPHA_PER_R = 2.0  # alpha = 2r, the common QLoRA choice
+AUTO_LORA_DROPOUT = 0.05
+AUTO_WARMUP_RATIO = 0.1
+AUTO_WEIGHT_DECAY = 0.0
+AUTO_MAX_GRAD_NORM = 1.0
+AUTO_LR_SCHEDULER = "cosine"
+AUTO_SEED = 42
+AUTO_EVAL_ACCURACY_MAX_EXAMPLES = 50
+AUTO_MAX_SEQ_LEN_CAP = 1024  # auto max_seq_len is the longest row, up to this
+AUTO_BATCH_SIZE = 8  # rows per forward pass; larger batches amortise 4-bit dequantisation per pass
+# An "auto" job trains on at most this many examples (rows, counting repeats over epochs): small
+# datasets get several passes, larger ones a part of one. Measured on the triage example
+# (SmolLM2-135M, 2 AVX2 cores, ~118 tokens a row): 256 examples = 32 steps of 8 train in about
+# 4 minutes, and exact-match accuracy goes from 0% to 100% (90% already at 20 steps). A GPU
+# deployment can pass a larger budget to resolve().
+AUTO_EXAMPLE_BUDGET = 256
+AUTO_MAX_EPOCHS = 10
+# Validation split: about 50 rows for small sets (enough for an accuracy figure), 5-20% otherwise.
+AUTO_VALIDATION_ROWS = 50
+AUTO_VALIDATION_FRACTION_RANGE = (0.05, 0.2)
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Validated hyperparameters; None means "auto"."""
+
+    epochs: int | None = None  # passes over the training split; ignored when max_steps is set
+    max_steps: int | None = None  # optimizer steps in total; overrides epochs
+    learning_rate: float | None = None  # peak learning rate after warmup
+    batch_size: int | None = None  # rows per forward pass (micro-batch)
+    gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step
+    lora_r: int | None = None  # LoRA rank; higher adds capacity and memory
+    lora_alpha: float | None = None  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float | None = None  # dropout on the LoRA input
+    lora_target_modules: tuple[str, ...] | None = None  # module names; None = all linear projections
+    max_seq_len: int | None = None  # rows are truncated to this many tokens
+    warmup_ratio: float | None = None  # fraction of steps spent warming up the learning rate
+    weight_decay: float | None = None  # AdamW decoupled weight decay on LoRA weights
+    max_grad_norm: float | None = None  # gradient clipping; 0 disables it
+    lr_scheduler: str | None = None  # cosine | linear | constant (after warmup)
+    eval_every: int | None = None  # steps between eval-loss passes; 0 = only at the end
+    validation_fraction: float | None = None  # share of the training file held out when no validation file
+    seed: int | None = None  # seeds the split, the data order, LoRA init and dropout
+    eval_accuracy_max_examples: int | None = None  # validation rows for exact-match accuracy; 0 = skip
+    checkpoint_every: int | None = None  # steps between checkpoints; 0 = only when stopped
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.lora_target_modules is not None:
+            out["lora_target_modules"] = list(self.lora_target_modules)
+        return out
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float, str or tuple (list of str)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low rather than >= low
+
+
+_RULES: dict[str, _Rule] = {
+    "epochs": _Rule(int, 1, 1000),
+    "max_steps": _Rule(int, 1, 10_000_000),
+    "learning_rate": _Rule(float, 0.0, 1.0, low_open=True),
+    "batch_size": _Rule(int, 1, 1024),
+    "gradient_accumulation_steps": _Rule(int, 1, 1024),
+    "lora_r": _Rule(int, 1, 256),
+    "lora_alpha": _Rule(float, 0.0, 4096.0, low_open=True),
+    "lora_dropout": _Rule(float, 0.0, 0.9),
+    "lora_target_modules": _Rule(tuple),
+    "max_seq_len": _Rule(int, 16, 32768),
+    "warmup_ratio": _Rule(float, 0.0, 0.9),
+    "weight_decay": _Rule(float, 0.0, 1.0),
+    "max_grad_norm": _Rule(float, 0.0, 1e6),
+    "lr_scheduler": _Rule(str),
+    "eval_every": _Rule(int, 0, 10_000_000),
+    "validation_fraction": _Rule(float, 0.0, 0.5, low_open=True),
+    "seed": _Rule(int, 0, 2**32 - 1),
+    "eval_accuracy_max_examples": _Rule(int, 0, 100_000),
+    "checkpoint_every": _Rule(int, 0, 10_000_000),
+}
+assert set(_RULES) == {f.name for f in fields(Hyperparameters)}
+
+
+def _check_number(name: str, value: Any, rule: _Rule) -> int | float:
+    # bool is an int subclass in Python; True as a batch size is a caller bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HyperparameterError(name, f"must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise HyperparameterError(name, f"must be finite, got {value}")
+    if rule.kind is int:
+        # JSON and protobuf Struct carry every number as a double; 8.0 is an honest 8.
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise HyperparameterError(name, f"must be a whole number, got {value}")
+            value = int(value)
+    else:
+        value = float(value)
+    assert rule.low is not None and rule.high is not None
+    too_low = value <= rule.low if rule.low_open else value < rule.low
+    if too_low or value > rule.high:
+        bracket = "(" if rule.low_open else "["
+        raise HyperparameterError(name, f"must be in {bracket}{rule.low:g}, {rule.high:g}], got {value}")
+    return value
+
+
+def _check_modules(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise HyperparameterError(name, "must be a list of module names")
+    if not 1 <= len(value) <= 64:
+        raise HyperparameterError(name, "must name between 1 and 64 modules")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > 128:
+            raise HyperparameterError(name, f"module names must be non-empty strings, got {item!r}")
+        if not all(c.isalnum() or c in "._-" for c in item):
+            raise HyperparameterError(name, f"module name {item!r} has characters other than letters, digits, '.', '_', '-'")
+    return tuple(value)
+
+
+def validate(raw: dict[str, Any] | None) -> Hyperparameters:
+    """Check a user's hyperparameters; raise HyperparameterError naming the first bad field."""
+    if raw is None:
+        return Hyperparameters()
+    if not isinstance(raw, dict):
+        raise HyperparameterError("hyperparameters", "must be an object of name -> value")
+    values: dict[str, Any] = {}
+    for name in sorted(raw):
+        value = raw[name]
+        rule = _RULES.get(name)
+        if rule is None:
+            raise HyperparameterError(str(name), f"unknown hyperparameter; known: {', '.join(sorted(_RULES))}")
+        if value is None or value == "auto":
+            continue
+        if rule.kind is tuple:
+            values[name] = _check_modules(name, value)
+        elif rule.kind is str:
+            if value not in LR_SCHEDULERS:
+                raise HyperparameterError(name, f"must be one of {', '.join(LR_SCHEDULERS)}, got {value!r}")
+            values[name] = value
+        else:
+            values[name] = _check_number(name, value, rule)
+    return Hyperparameters(**values)
+
+
+def auto_validation_fraction(rows: int) -> float:
+    """About 50 held-out rows for small sets, 5-20% of the file otherwise."""
+    low, high = AUTO_VALIDATION_FRACTION_RANGE
+    return min(high, max(low, AUTO_VALIDATION_ROWS / max(rows, 1)))
+
+
+def validation_split_size(rows: int, fraction: float) -> int:
+    """Rows held out for validation: at least one, and at least one left to train on."""
+    if rows < 2:
+        return 0
+    return min(rows - 1, max(1, round(rows * fraction)))
+
+
+def resolve(
+    hp: Hyperparameters,
+    train_rows: int,
+    *,
+    has_validation_file: bool = False,
+    longest_row_tokens: int | None = None,
+    example_budget: int = AUTO_EXAMPLE_BUDGET,
+) -> dict[str, Any]:
+    """Fill every "auto" field from the dataset size and return the complete set as a plain dict.
+
+    train_rows counts the rows of the training file; without a validation file the held-out
+    split comes out of them first. longest_row_tokens is known only after tokenizing (in the
+    worker); without it max_seq_len stays None ("auto"), everything else is filled. The API and
+    the worker get the same answer from the same counts.
+    """
+    if train_rows < 1:
+        raise HyperparameterError("train_rows", "the training set has no rows")
+    out = hp.to_dict()
+
+    fraction = hp.validation_fraction if hp.validation_fraction is not None else auto_validation_fraction(train_rows)
+    out["validation_fraction"] = fraction
+    rows = train_rows if has_validation_file else train_rows - validation_split_size(train_rows, fraction)
+    rows = max(rows, 1)
+
+    out["batch_size"] = hp.batch_size if hp.batch_size is not None else min(AUTO_BATCH_SIZE, rows)
+    out["gradient_accumulation_steps"] = hp.gradient_accumulation_steps if hp.gradient_accumulation_steps is not None else 1
+    rows_per_step = out["batch_size"] * out["gradient_accumulation_steps"]
+    steps_per_epoch = math.ceil(math.ceil(rows / out["batch_size"]) / out["gradient_accumulation_steps"])
+
+    epochs = hp.epochs
+    if epochs is None:
+        epochs = min(AUTO_MAX_EPOCHS, max(1, math.ceil(example_budget / rows)))
+    out["epochs"] = epochs
+    if hp.max_steps is None:
+        if hp.epochs is None:
+            # Auto: the example budget, which may end part-way through an epoch.
+            out["max_steps"] = max(1, math.ceil(min(epochs * rows, example_budget) / rows_per_step))
+        else:
+            out["max_steps"] = epochs * steps_per_epoch  # explicit epochs are honoured in full
+
+    if hp.max_seq_len is None and longest_row_tokens is not None:
+        out["max_seq_len"] = min(AUTO_MAX_SEQ_LEN_CAP, max(16, longest_row_tokens))
+
+    lora_r = hp.lora_r if hp.lora_r is not None else AUTO_LORA_R
+    out["lora_r"] = lora_r
+    out["lora_alpha"] = hp.lora_alpha if hp.lora_alpha is not None else AUTO_LORA_ALPHA_PER_R * lora_r
+    out["learning_rate"] = hp.learning_rate if hp.learning_rate is not None else AUTO_LEARNING_RATE
+    out["lora_dropout"] = hp.lora_dropout if hp.lora_dropout is not None else AUTO_LORA_DROPOUT
+    out["warmup_ratio"] = hp.warmup_ratio if hp.warmup_ratio is not None else AUTO_WARMUP_RATIO
+    out["weight_decay"] = hp.weight_decay if hp.weight_decay is not None else AUTO_WEIGHT_DECAY
+    out["max_grad_norm"] = hp.max_grad_norm if hp.max_grad_norm is not None else AUTO_MAX_GRAD_NORM
+    out["lr_scheduler"] = hp.lr_scheduler if hp.lr_scheduler is not None else AUTO_LR_SCHEDULER
+    out["seed"] = hp.seed if hp.seed is not None else AUTO_SEED
+    out["eval_accuracy_max_examples"] = (
+        hp.eval_accuracy_max_examples if hp.eval_accuracy_max_examples is not None else AUTO_EVAL_ACCURACY_MAX_EXAMPLES
+    )
+    total = out["max_steps"]
+    # One eval-loss point half-way (besides the baseline and the final eval): on a CPU each pass
+    # over the validation set costs about as much as three training steps.
+    out["eval_every"] = hp.eval_every if hp.eval_every is not None else max(1, math.ceil(total / 2))
+    out["checkpoint_every"] = hp.checkpoint_every if hp.checkpoint_every is not None else max(1, math.ceil(total / 4))
+    # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
+    return out

@@ -1,0 +1,93 @@
+"""A job's data, ready to train on: read and check the files, split off validation, resolve "auto" hyperparameters, tokenize.
+
+Hyperparameters are resolved here because "auto" choices depend on the data: the validation
+split and the step count on the row count, max_seq_len on the longest tokenized row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunevault.server import hyperparameters as hp
+from tunevault.server.training.chat_data import DatasetError, read_chat_jsonl, split_validation
+from tunevault.server.training.evaluation import AccuracyExample
+from tunevault.server.training.tokenization import TokenizedRow, prompt_ids, tokenize_row, truncate_row
+
+
+@dataclass(frozen=True)
+class JobData:
+    train: list[TokenizedRow]
+    validation: list[TokenizedRow]
+    accuracy_examples: list[AccuracyExample]
+    hyperparameters: dict[str, Any]  # fully resolved
+    dropped_train_rows: int  # rows whose every answer token fell past max_seq_len
+    truncated_rows: int
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(r.input_ids) for r in self.train)
+
+
+def _fits(rows: list[TokenizedRow]) -> list[TokenizedRow]:
+    return [r for r in rows if r.label_count > 0]
+
+
+def prepare_job_data(
+    tokenizer: Any, train_file: Path, validation_file: Path | None, requested: hp.Hyperparameters
+) -> JobData:
+    """Everything the training loop and the evals need from the dataset files."""
+    file_rows = read_chat_jsonl(train_file)
+    seed = requested.seed if requested.seed is not None else hp.AUTO_SEED
+    if validation_file is not None:
+        train_rows, validation_rows = file_rows, read_chat_jsonl(validation_file)
+    else:
+        fraction = (
+            requested.validation_fraction
+            if requested.validation_fraction is not None
+            else hp.auto_validation_fraction(len(file_rows))
+        )
+        train_rows, validation_rows = split_validation(
+            file_rows, hp.validation_split_size(len(file_rows), fraction), seed
+        )
+
+    train_full = [tokenize_row(tokenizer, row) for row in train_rows]
+    validation_full = [tokenize_row(tokenizer, row) for row in validation_rows]
+    resolved = hp.resolve(
+        requested,
+        train_rows=len(file_rows),
+        has_validation_file=validation_file is not None,
+        longest_row_tokens=max(len(r.input_ids) for r in train_full + validation_full),
+    )
+    max_seq_len = resolved["max_seq_len"]
+    train = [truncate_row(r, max_seq_len) for r in train_full]
+    validation = [truncate_row(r, max_seq_len) for r in validation_full]
+    truncated = sum(r.truncated for r in train + validation)
+
+    kept_train, kept_validation = _fits(train), _fits(validation)
+    if not kept_train:
+        raise DatasetError(
+            f"no training row has an answer token within max_seq_len={max_seq_len}; "
+            "raise max_seq_len or shorten the prompts"
+        )
+    if not kept_validation:
+        raise DatasetError(f"no validation row has an answer token within max_seq_len={max_seq_len}")
+
+    limit = resolved["eval_accuracy_max_examples"]
+    accuracy = [
+        AccuracyExample(
+            prompt_ids=prompt_ids(tokenizer, row, max_seq_len),
+            reference=row.reference_answer,
+            reference_tokens=len(tokenizer(row.reference_answer, add_special_tokens=False)["input_ids"]),
+        )
+        for row in validation_rows[:limit]
+    ]
+    return JobData(
+        train=kept_train,
+        validation=kept_validation,
+        accuracy_examples=accuracy,
+        hyperparameters=resolved,
+        dropped_train_rows=len(train) - len(kept_train),
+        truncated_rows=truncated,
+    )

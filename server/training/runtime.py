@@ -1,0 +1,67 @@
+"""Process set-up for training and inference: offline mode, thread count, seeding."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+THREADS_ENV = "TUNEVAULT_NUM_THREADS"
+
+
+def force_offline() -> None:
+    """Never reach for the Hugging Face hub; must run before transformers is imported."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # The tokenizers library forks its own thread pool; in a child process it would only warn.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, further bounded by a cgroup v2 CPU quota."""
+    override = os.environ.get(THREADS_ENV)
+    if override and override.isdigit() and int(override) > 0:
+        return int(override)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        # In a container with a CPU limit the affinity mask still shows every host core.
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def set_threads() -> int:
+    import torch
+
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a job touches; with a fixed thread count, CPU training is then bit-reproducible."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars in a worker's log: they are carriage-return noise in a file."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,354 @@
+"""The QLoRA fine-tuning recipe: setup, baseline eval, the training loop, checkpoints, final eval and export.
+
+One class, read top to bottom (in the manner of torchtune's single-device LoRA recipe): setup()
+prepares data and model, train() runs an explicit loop with token-normalised gradient
+accumulation, and finish() evaluates and writes the adapter. Events go out through an
+EventWriter; a StopFlag set by SIGTERM is honoured at step boundaries and between eval batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunevault.server import hyperparameters as hp
+from tunevault.server.training import checkpoints, quantized_model
+from tunevault.server.training.batching import BatchStream, eval_batches
+from tunevault.server.training.checkpoints import TrainState
+from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
+from tunevault.server.training.events import EventWriter
+from tunevault.server.training.job_data import JobData, prepare_job_data
+from tunevault.server.training.job_spec import JobSpec
+from tunevault.server.training.lr_schedule import make_scheduler
+from tunevault.server.training.objective import summed_token_loss
+from tunevault.server.training.runtime import seed_everything, set_threads
+from tunevault.server.training.stopping import StopFlag, StopRequested
+
+log = logging.getLogger("tunevault.worker")
+
+EVAL_BATCH_ROWS = 16  # no gradients at eval: bigger batches amortise 4-bit dequantisation further
+MAX_STEP_EVENTS = 1000  # long jobs report every k-th step so the event store stays small
+TRAIN_LOSS_TAIL_STEPS = 10  # the reported train_loss is the token-weighted mean of the last steps
+
+
+class TrainingDiverged(ValueError):
+    """The loss stopped being a number: the hyperparameters (usually the learning rate) are to blame."""
+
+
+def _file_digest(path: Path | None) -> str:
+    if path is None:
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class QLoRATrainer:
+    """Fine-tunes one job: 4-bit NF4 base, LoRA adapters, AdamW on the adapters only."""
+
+    def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag) -> None:
+        self.spec = spec
+        self.events = events
+        self.stop = stop
+        self.state = TrainState()
+
+    # Setup ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.threads = set_threads()
+        self.device = quantized_model.pick_device()
+        self.compute_dtype = quantized_model.pick_compute_dtype(self.device)
+        requested = hp.validate(self.spec.hyperparameters)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.data: JobData = prepare_job_data(self.tokenizer, self.spec.train_file, self.spec.validation_file, requested)
+        self.hp = self.data.hyperparameters
+        positions = self._max_positions()
+        if positions and int(self.hp["max_seq_len"]) > positions:
+            raise hp.HyperparameterError("max_seq_len", f"the base model handles at most {positions} tokens")
+        self.total_steps = int(self.hp["max_steps"])
+        self.accumulation = int(self.hp["gradient_accumulation_steps"])
+        pad = self.tokenizer.pad_token_id
+        self.stream = BatchStream(self.data.train, int(self.hp["batch_size"]), int(self.hp["seed"]), pad)
+        self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), pad)
+        self.events.emit(
+            "data.prepared",
+            f"{len(self.data.train)} training rows, {len(self.data.validation)} validation rows, "
+            f"{self.total_steps} steps (max_seq_len {self.hp['max_seq_len']})",
+            {
+                "train_rows": len(self.data.train),
+                "validation_rows": len(self.data.validation),
+                "train_tokens": self.data.train_tokens,
+                "total_steps": self.total_steps,
+                "dropped_rows": self.data.dropped_train_rows,
+                "truncated_rows": self.data.truncated_rows,
+            },
+            hyperparameters=self.hp,
+        )
+        self.stop.check()
+
+        started = time.perf_counter()
+        seed_everything(int(self.hp["seed"]))
+        base = quantized_model.load_quantized_base(self.spec.base_model_dir, self.device, self.compute_dtype)
+        base = quantized_model.prepare_for_training(base, self.device)
+        # LoRA A matrices are drawn from the torch RNG: seeding right before makes them reproducible.
+        torch.manual_seed(int(self.hp["seed"]))
+        try:
+            self.model = quantized_model.attach_lora(
+                base,
+                r=int(self.hp["lora_r"]),
+                alpha=float(self.hp["lora_alpha"]),
+                dropout=float(self.hp["lora_dropout"]),
+                target_modules=self.hp["lora_target_modules"],
+            )
+        except ValueError as exc:  # PEFT: none of the named modules exist in this model
+            raise hp.HyperparameterError("lora_target_modules", str(exc).split("\n")[0]) from None
+        quantized_model.pin_cpu_weight_layout(self.model)
+        self.hp["lora_target_modules"] = quantized_model.lora_target_names(self.model)
+        self.params = quantized_model.trainable_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=float(self.hp["learning_rate"]), weight_decay=float(self.hp["weight_decay"])
+        )
+        warmup = math.ceil(self.total_steps * float(self.hp["warmup_ratio"]))
+        self.scheduler = make_scheduler(self.optimizer, self.hp["lr_scheduler"], warmup, self.total_steps)
+        load_seconds = time.perf_counter() - started
+        self.events.emit(
+            "model.loaded",
+            f"{self.spec.base_model_dir.name} in 4-bit NF4, compute {str(self.compute_dtype).removeprefix('torch.')} "
+            f"on {self.device.type} x{self.threads} threads, LoRA r={self.hp['lora_r']} on "
+            f"{', '.join(self.hp['lora_target_modules'])}",
+            {"load_seconds": load_seconds, "trainable_parameters": sum(p.numel() for p in self.params)},
+        )
+        self.state.fingerprint = self._fingerprint()
+        self._resume_if_possible()
+
+    def _max_positions(self) -> int | None:
+        config = json.loads((self.spec.base_model_dir / "config.json").read_text())
+        return config.get("max_position_embeddings")
+
+    def _fingerprint(self) -> str:
+        """What a checkpoint must agree on to be resumed: data, base model and hyperparameters."""
+        parts = {
+            "train": _file_digest(self.spec.train_file),
+            "validation": _file_digest(self.spec.validation_file),
+            "base": str(self.spec.base_model_dir.resolve()),
+            "hyperparameters": self.hp,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def _resume_if_possible(self) -> None:
+        latest = checkpoints.latest_checkpoint(self.spec.checkpoint_dir)
+        if latest is None:
+            return
+        state = checkpoints.load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
+        if state.fingerprint != self.state.fingerprint:
+            raise hp.HyperparameterError(
+                "checkpoint_dir",
+                f"{latest} was written for different data, base model or hyperparameters; cannot resume from it",
+            )
+        self.state = state
+        self.stream.position = state.micro_batches_done
+        log.info("resumed from %s (step %d of %d)", latest, state.step, self.total_steps)
+
+    # Evaluation ---------------------------------------------------------------------
+
+    def baseline(self) -> None:
+        """Eval loss and accuracy of the untouched base model (adapter disabled), once per job."""
+        if self.state.base_eval_loss is not None:
+            return
+        with self.model.disable_adapter():
+            loss = eval_loss(self.model, self.eval_set, self.stop)
+            accuracy = self._accuracy()
+        self.state.base_eval_loss, self.state.base_accuracy = loss, accuracy
+        metrics = {"step": 0, "base_eval_loss": loss}
+        if accuracy is not None:
+            metrics["base_accuracy"] = accuracy
+        self._record(self.events.emit("eval.baseline", self._describe("base model", loss, accuracy), metrics))
+
+    def _accuracy(self) -> float | None:
+        if not self.data.accuracy_examples:
+            return None
+        return exact_match_accuracy(self.model, self.tokenizer, self.data.accuracy_examples, self.stop)
+
+    def _evaluate(self, step: int, with_accuracy: bool) -> tuple[float, float | None]:
+        loss = eval_loss(self.model, self.eval_set, self.stop)
+        accuracy = self._accuracy() if with_accuracy else None
+        self.state.last_eval_loss = loss
+        metrics = {"step": step, "eval_loss": loss}
+        if accuracy is not None:
+            metrics["accuracy"] = accuracy
+        self._record(self.events.emit("eval", self._describe(f"step {step}", loss, accuracy), metrics))
+        return loss, accuracy
+
+    @staticmethod
+    def _describe(what: str, loss: float, accuracy: float | None) -> str:
+        text = f"{what}: eval loss {loss:.4f}"
+        return text + (f", accuracy {accuracy:.1%}" if accuracy is not None else "")
+
+    def _record(self, event: dict[str, Any]) -> None:
+        self.state.history.append({"type": event["type"], **event["metrics"]})
+
+    # Training -----------------------------------------------------------------------
+
+    def _step_event_due(self, step: int) -> bool:
+        every = max(1, math.ceil(self.total_steps / MAX_STEP_EVENTS))
+        return step % every == 0 or step == self.total_steps or step == 1
+
+    def train(self) -> None:
+        eval_every = int(self.hp["eval_every"])
+        checkpoint_every = int(self.hp["checkpoint_every"])
+        max_grad_norm = float(self.hp["max_grad_norm"])
+        self.model.train()
+        while self.state.step < self.total_steps:
+            # The step boundary: the only place a stop request is acted on during training.
+            if self.stop.requested:
+                self.save_checkpoint()
+                raise StopRequested()
+            started = time.perf_counter()
+            micro_batches = [self.stream.next() for _ in range(self.accumulation)]
+            # Token-normalised accumulation: divide by the answer tokens of the whole step, so each
+            # token counts the same whichever micro-batch it is in.
+            step_label_tokens = sum(b.label_tokens for b in micro_batches)
+            step_loss = 0.0
+            for batch in micro_batches:
+                loss_sum, _ = summed_token_loss(self.model, batch)
+                (loss_sum / step_label_tokens).backward()
+                step_loss += float(loss_sum.detach())
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
+            learning_rate = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - started
+
+            if not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"training diverged at step {self.state.step + 1} (loss is {step_loss}); lower learning_rate"
+                )
+            step_tokens = sum(b.tokens for b in micro_batches)
+            self.state.step += 1
+            self.state.micro_batches_done = self.stream.position
+            self.state.trained_tokens += step_tokens
+            self.state.train_seconds += seconds
+            step = self.state.step
+            metrics = {
+                "step": step,
+                "total_steps": self.total_steps,
+                "loss": step_loss / step_label_tokens,
+                "learning_rate": learning_rate,
+                "tokens_per_second": step_tokens / seconds,
+                "trained_tokens": self.state.trained_tokens,
+                "epoch": self.stream.epochs_done,
+            }
+            self.state.history.append({"type": "step", **metrics, "label_tokens": step_label_tokens})
+            if self._step_event_due(step):
+                self.events.emit("step", f"step {step}/{self.total_steps} loss {metrics['loss']:.4f}", metrics)
+            if eval_every and step % eval_every == 0 and step < self.total_steps:
+                try:
+                    self._evaluate(step, with_accuracy=False)
+                except StopRequested:
+                    self.save_checkpoint()  # the step is done; keep it even though its eval is not
+                    raise
+            if checkpoint_every and step % checkpoint_every == 0 and step < self.total_steps:
+                self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        started = time.perf_counter()
+        path = checkpoints.save_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state)
+        self.events.emit(
+            "checkpoint",
+            f"checkpoint at step {self.state.step}: {path}",
+            {"step": self.state.step, "save_seconds": time.perf_counter() - started},
+            path=str(path),
+        )
+
+    # Finishing ------------------------------------------------------------------------
+
+    def _train_loss(self) -> float:
+        steps = [h for h in self.state.history if h["type"] == "step"][-TRAIN_LOSS_TAIL_STEPS:]
+        tokens = sum(h["label_tokens"] for h in steps)
+        return sum(h["loss"] * h["label_tokens"] for h in steps) / tokens if tokens else float("nan")
+
+    def finish(self) -> dict[str, float]:
+        """Final eval, then the adapter and metrics.json, written atomically; returns the result metrics."""
+        try:
+            eval_final, accuracy = self._evaluate(self.state.step, with_accuracy=True)
+        except StopRequested:
+            self.save_checkpoint()  # all steps are done; a resumed job goes straight to this eval
+            raise
+        result = {
+            "eval_loss": eval_final,
+            "base_eval_loss": self.state.base_eval_loss,
+            "accuracy": accuracy,
+            "base_accuracy": self.state.base_accuracy,
+            "train_loss": self._train_loss(),
+            "trained_tokens": self.state.trained_tokens,
+            "steps": self.state.step,
+            "train_seconds": self.state.train_seconds,
+            "tokens_per_second": self.state.trained_tokens / self.state.train_seconds if self.state.train_seconds else None,
+        }
+        result = {k: float(v) for k, v in result.items() if v is not None and math.isfinite(float(v))}
+        self._export(result)
+        return result
+
+    def _export(self, result: dict[str, float]) -> None:
+        output = self.spec.output_dir
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+        try:
+            self.model.save_pretrained(staging)
+            (staging / "README.md").unlink(missing_ok=True)  # PEFT's blank model card; metrics.json says more
+            metrics = {
+                "job_id": self.spec.job_id,
+                "result": result,
+                "hyperparameters": self.hp,
+                "data": {
+                    "train_rows": len(self.data.train),
+                    "validation_rows": len(self.data.validation),
+                    "accuracy_examples": len(self.data.accuracy_examples),
+                    "train_tokens": self.data.train_tokens,
+                    "dropped_rows": self.data.dropped_train_rows,
+                    "truncated_rows": self.data.truncated_rows,
+                },
+                "runtime": {
+                    "device": self.device.type,
+                    "threads": self.threads,
+                    "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+                    "quantization": "bitsandbytes nf4, double quantization",
+                },
+                "history": self.state.history,
+            }
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+            os.chmod(staging, 0o755)
+            if output.exists():
+                # A previous attempt finished exporting but not reporting; this run's result replaces it.
+                shutil.rmtree(output)
+            os.rename(staging, output)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def run(self) -> dict[str, float]:
+        self.setup()
+        self.baseline()
+        self.train()
+        result = self.finish()
+        self.events.emit("result", self._describe("final", result["eval_loss"], result.get("accuracy")), result)
+        return result

@@ -1,0 +1,106 @@
+"""The training worker process: runs one job from its spec.json, speaking JSON-line events on stdout.
+
+    python -m tunevault.server.worker --jobs-dir JOBS_DIR JOB_ID
+
+Exit status: 0 only after the adapter and metrics.json are completely written; 1 after an
+"error" event (with an INVALID_ARGUMENT / RESOURCE_EXHAUSTED / INTERNAL code); 128+signal
+(143 for SIGTERM) after a requested stop, with a checkpoint saved when any step was trained.
+Human-readable logs go to stderr, which the scheduler sends to the job's log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from tunevault.server.training.runtime import force_offline
+
+EXIT_FAILED = 1
+
+log = logging.getLogger("tunevault.worker")
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(status code, readable one-line reason) for a failed job."""
+    import torch
+
+    from tunevault.server.hyperparameters import HyperparameterError
+    from tunevault.server.training.chat_data import DatasetError
+    from tunevault.server.training.job_spec import SpecError
+    from tunevault.server.training.trainer import TrainingDiverged
+
+    if isinstance(exc, (SpecError, HyperparameterError, DatasetError, TrainingDiverged)):
+        return "INVALID_ARGUMENT", _one_line(str(exc))
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return "RESOURCE_EXHAUSTED", "out of memory; retry with a smaller batch_size or max_seq_len"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "RESOURCE_EXHAUSTED", _one_line(f"out of disk space: {exc}")
+    return "INTERNAL", _one_line(f"{type(exc).__name__}: {exc}")
+
+
+def run(jobs_dir: Path, job_id: str) -> int:
+    # Offline before anything imports transformers or huggingface_hub.
+    force_offline()
+    from tunevault.server.training.events import EventWriter, ParentGone
+    from tunevault.server.training.job_spec import JobSpec
+    from tunevault.server.training.parent_watch import die_with_parent
+    from tunevault.server.training.stopping import StopFlag, StopRequested
+
+    events = EventWriter(sys.stdout)
+    stop = StopFlag()
+    # The handlers only set the flag; the loop acts on it at the next step boundary.
+    stop.install(signal.SIGTERM, signal.SIGINT)
+    # After the handler is in place: the server's death then arrives as a SIGTERM (checkpoint, exit).
+    die_with_parent()
+    try:
+        from tunevault.server.training.pii_step import apply_pii
+        from tunevault.server.training.runtime import quiet_progress_bars
+        from tunevault.server.training.trainer import QLoRATrainer
+
+        quiet_progress_bars()
+        spec = JobSpec.load(jobs_dir / job_id / "spec.json")
+        spec = apply_pii(spec, events)  # may point the spec at scrubbed copies, or refuse the data
+        stop.check()
+        result = QLoRATrainer(spec, events, stop).run()
+        log.info("job %s succeeded: %s", job_id, result)
+        return 0
+    except StopRequested:
+        signum = stop.signal_number or signal.SIGTERM
+        log.info("job %s stopped by signal %d", job_id, signum)
+        return 128 + signum
+    except ParentGone:
+        log.warning("job %s: the event reader is gone; exiting", job_id)
+        return EXIT_FAILED
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one error event
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        traceback.print_exc(file=sys.stderr)
+        code, message = classify(exc)
+        try:
+            events.emit("error", message, {}, code=code)
+        except ParentGone:
+            pass
+        return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs-dir", type=Path, required=True, help="directory holding JOB_ID/spec.json")
+    parser.add_argument("job_id")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args.jobs_dir, args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
