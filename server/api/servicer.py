@@ -94,7 +94,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         find_model(self.config.resolved_models_dir, request.base_model)
         requested = convert.hyperparameters_to_dict(request.hyperparameters)
         try:
-            hp.resolve(hp.validate(requested), train_rows=dataset.row_count)
+            hp.resolve(hp.validate(requested), train_rows=dataset.row_count,
+                       has_validation_file=bool(request.validation_dataset_id))
         except hp.HyperparameterError as error:
             raise InvalidArgument(f"hyperparameters.{error.field}", error.reason) from error
         _, pending = self.store.tenant_usage(dataset.tenant)

@@ -179,7 +179,8 @@ class Scheduler:
         job_dir.mkdir(parents=True, exist_ok=True)
         train = self.store.get_dataset(job.dataset_id)
         validation = self.store.get_dataset(job.validation_dataset_id) if job.validation_dataset_id else None
-        resolved = hp.resolve(hp.validate(job.hyperparameters), train_rows=train.row_count)
+        resolved = hp.resolve(hp.validate(job.hyperparameters), train_rows=train.row_count,
+                              has_validation_file=validation is not None)
         self.store.update_job(job.id, resolved_hyperparameters=resolved)
         spec = {
             "job_id": job.id,
@@ -237,6 +238,9 @@ class Scheduler:
             return  # becomes the job's error when the worker exits
         if event_type == "result":
             report.result = figures
+        if event_type == "data.prepared" and isinstance(event.get("hyperparameters"), dict):
+            # The worker's final word on "auto" values that need the data (max_seq_len, modules).
+            self.store.update_job(job_id, resolved_hyperparameters=event["hyperparameters"])
         self.store.append_event(job_id, event_type, message, figures)
         new_tokens = 0
         if "trained_tokens" in figures:
