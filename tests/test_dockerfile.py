@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import socket
@@ -172,7 +173,11 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies():
 def test_make_image_runs_the_documented_command():
     if shutil.which("make") is None:
         pytest.skip("no make")
-    result = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    # Under `make test` this runs inside make: drop the parent's MAKEFLAGS/MAKELEVEL so the
+    # output holds only the recipe, not "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "image"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30, env=env)
     assert result.returncode == 0, f"the Makefile needs an `image` target: {result.stderr}"
     commands = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     assert commands, "make image runs nothing"
