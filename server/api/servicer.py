@@ -108,14 +108,12 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             display_name=check.bounded("display_name", request.display_name),
             priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
             not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
-            pii_mode=check.pii_mode(request.pii),
+            pii_mode=check.pii_mode(request.pii), queue=True,
+            audit_details={"dataset_sha256": dataset.sha256, "base_model": request.base_model,
+                           "validation_dataset_id": request.validation_dataset_id or None,
+                           "hyperparameters": requested, "pii": check.pii_mode(request.pii)},
         )
         if created:
-            job = self.store.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued",
-                                        queued_at=job.created_at)
-            self._audit("CreateJob", tenant=job.tenant, job_id=job.id, dataset_id=dataset.id,
-                        dataset_sha256=dataset.sha256, validation_dataset_id=job.validation_dataset_id,
-                        base_model=job.base_model, hyperparameters=requested, pii=job.pii_mode)
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))
 

@@ -100,11 +100,14 @@ class Store:
                    hyperparameters: dict[str, Any], idempotency_key: str | None,
                    display_name: str = "", priority: int = 0, max_attempts: int = 3,
                    not_before: float | None = None, tenant: str = "default",
-                   created_by: str | None = None, pii_mode: str = "off") -> tuple[JobRecord, bool]:
+                   created_by: str | None = None, pii_mode: str = "off",
+                   queue: bool = False, audit_details: dict[str, Any] | None = None) -> tuple[JobRecord, bool]:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
 
         The lookup and the insert share one transaction, so two racing retries of the same
-        request cannot both insert.
+        request cannot both insert. With `queue`, the (already validated) job is also moved
+        to QUEUED and, with `audit_details`, audited, in that same transaction: one fsync
+        per CreateJob instead of three.
         """
         with self._transaction() as db:
             if idempotency_key:
@@ -123,6 +126,13 @@ class Store:
                 "pii_mode": pii_mode,
             })
             self._insert_event(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
+            if queue:
+                db.execute("UPDATE jobs SET state = 'QUEUED', queued_at = ? WHERE id = ?", [now, job_id])
+                self._insert_event(db, job_id, "job.queued", "queued", {}, JobState.QUEUED)
+            if audit_details is not None:
+                self._append_audit(db, principal=created_by or "system", tenant=tenant, action="CreateJob",
+                                   job_id=job_id, dataset_id=dataset_id, details=audit_details)
+        self._notify()
         return self.get_job(job_id), True
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -338,18 +348,25 @@ class Store:
                      dataset_id: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
         """Appends one entry to the hash chain (see audit.py) and moves the head, atomically."""
         with self._transaction() as db:
-            head = list(db.query("SELECT seq, entry_hash FROM audit_head WHERE id = 1"))
-            seq, prev = (head[0]["seq"] + 1, head[0]["entry_hash"]) if head else (1, audit.GENESIS)
-            entry = {"seq": seq, "at": time.time(), "principal": principal, "tenant": tenant, "action": action,
-                     "job_id": job_id, "dataset_id": dataset_id,
-                     "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":"))}
-            entry["prev_hash"] = prev
-            entry["content_hash"] = audit.content_hash(entry)
-            entry["entry_hash"] = audit.entry_hash(prev, entry["content_hash"])
-            db["audit"].insert(entry)
-            db.execute("INSERT INTO audit_head (id, seq, entry_hash) VALUES (1, ?, ?) "
-                       "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, entry_hash = excluded.entry_hash",
-                       [seq, entry["entry_hash"]])
+            return self._append_audit(db, principal=principal, tenant=tenant, action=action, job_id=job_id,
+                                      dataset_id=dataset_id, details=details)
+
+    @staticmethod
+    def _append_audit(db: sqlite_utils.Database, *, principal: str, tenant: str, action: str,
+                      job_id: str | None, dataset_id: str | None, details: dict[str, Any] | None) -> dict[str, Any]:
+        # Runs inside the caller's transaction: the entry and the head move together.
+        head = list(db.query("SELECT seq, entry_hash FROM audit_head WHERE id = 1"))
+        seq, prev = (head[0]["seq"] + 1, head[0]["entry_hash"]) if head else (1, audit.GENESIS)
+        entry = {"seq": seq, "at": time.time(), "principal": principal, "tenant": tenant, "action": action,
+                 "job_id": job_id, "dataset_id": dataset_id,
+                 "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":"))}
+        entry["prev_hash"] = prev
+        entry["content_hash"] = audit.content_hash(entry)
+        entry["entry_hash"] = audit.entry_hash(prev, entry["content_hash"])
+        db["audit"].insert(entry)
+        db.execute("INSERT INTO audit_head (id, seq, entry_hash) VALUES (1, ?, ?) "
+                   "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, entry_hash = excluded.entry_hash",
+                   [seq, entry["entry_hash"]])
         return entry
 
     def audit_entries(self, tenant: str | None = None) -> list[dict[str, Any]]:
