@@ -190,25 +190,17 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.cancel_job(args.job)
-    _say(f"job {job.id} is {_state_name(job.state)}")
-    return 0
+def _job_action(method: str) -> Any:
+    """A command that calls one Client method on a job and says the state it left it in."""
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            job = getattr(client, method)(args.job)
+        _say(f"job {job.id} is {_state_name(job.state)}")
+        return 0
+    return run
 
 
-def cmd_pause(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.pause_job(args.job)
-    _say(f"job {job.id} is {_state_name(job.state)}")
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.resume_job(args.job)
-    _say(f"job {job.id} is {_state_name(job.state)}")
-    return 0
+cmd_cancel, cmd_pause, cmd_resume = _job_action("cancel_job"), _job_action("pause_job"), _job_action("resume_job")
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

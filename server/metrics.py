@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tunevault.server.store import JobRecord, JobState, Store
+from tunevault.server.store import JobRecord, Store
 
 # Jobs run for minutes to days; queue waits from milliseconds to a night.
 JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, float("inf"))
@@ -124,5 +124,3 @@ def serve_metrics(listen: str, registry: CollectorRegistry) -> object:
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     return server
 
-
-__all__ = ["JobState", "Metrics", "serve_metrics"]

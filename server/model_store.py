@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunevault.server.errors import InvalidArgument, NotFound
+from tunevault.server.errors import InvalidArgument
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -60,5 +60,3 @@ def _read_entry(path: Path) -> ModelEntry | None:
         size_bytes=sum(w.stat().st_size for w in weights),
     )
 
-
-__all__ = ["ModelEntry", "NotFound", "find_model", "list_models"]

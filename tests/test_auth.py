@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import RunningServer, start_server, wait_for_state
+from tests.conftest import start_server, wait_for_state
 from tunevault.client import Client
 from tunevault.v1 import tunevault_pb2 as pb
 

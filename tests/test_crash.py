@@ -6,7 +6,6 @@ lost beyond one checkpoint interval, and the database must pass PRAGMA integrity
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -14,7 +13,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import EXAMPLES, start_server, wait_for_state
 from tunevault.v1 import tunevault_pb2 as pb

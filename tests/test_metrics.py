@@ -11,7 +11,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import RunningServer, free_port, start_server, wait_for_state
 

@@ -39,8 +39,3 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     _S.FAILED: frozenset({_S.VALIDATING, _S.QUEUED, _S.RUNNING, _S.PAUSING, _S.CANCELLING}),
     _S.CANCELLED: frozenset({_S.VALIDATING, _S.QUEUED, _S.RUNNING, _S.PAUSING, _S.PAUSED, _S.CANCELLING}),
 }
-
-
-def can_move(current: JobState, target: JobState) -> bool:
-    """True when a job in `current` may move to `target`."""
-    return current in ALLOWED_FROM.get(target, frozenset())
