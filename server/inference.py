@@ -9,6 +9,9 @@ and writes one JSON line per request on stdout: {"id", "text", "tokens"} or {"id
 The base model is loaded in 4-bit NF4 exactly as training loads it, so an adapter meets the base
 it was trained on; adapters are cached by directory. The gRPC server starts this as a child and
 never imports torch itself. Logs go to stderr.
+
+Zero egress: the process refuses non-loopback network access (egress_guard), and once anything in
+it has tried, every answer is that error instead of a completion, until the process is restarted.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunevault.server.privacy import egress_guard
 from tunevault.server.training.runtime import force_offline
 
 log = logging.getLogger("tunevault.inference")
@@ -218,10 +222,15 @@ def serve(stdin: Any, stdout: Any) -> int:
             request_id = raw.get("id") if isinstance(raw, dict) else None
             request = Request.parse(raw)
             completion = engine.generate(request)
+            # Checked after the work: a library may have swallowed the EgressBlocked it met.
+            egress_guard.raise_if_blocked()
             answer: dict[str, Any] = {"id": request.id, "text": completion.text, "tokens": completion.tokens}
         except json.JSONDecodeError as exc:
             answer = {"id": None, "error": f"request is not valid JSON: {exc.msg}"}
         except RequestError as exc:
+            answer = {"id": request_id, "error": str(exc)}
+        except egress_guard.EgressBlocked as exc:
+            log.error("request %s refused: %s", request_id, exc)
             answer = {"id": request_id, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one bad request must not take the process down
             log.exception("request %s failed", request_id)
@@ -235,7 +244,9 @@ def serve(stdin: Any, stdout: Any) -> int:
 
 
 def main() -> int:
+    # Offline and guarded before anything imports torch or transformers.
     force_offline()
+    egress_guard.install()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tunevault.server.training.runtime import quiet_progress_bars, set_threads
 

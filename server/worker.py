@@ -3,7 +3,8 @@
     python -m tunevault.server.worker --jobs-dir JOBS_DIR JOB_ID
 
 Exit status: 0 only after the adapter and metrics.json are completely written; 1 after an
-"error" event (with an INVALID_ARGUMENT / RESOURCE_EXHAUSTED / INTERNAL code); 128+signal
+"error" event (with an INVALID_ARGUMENT / RESOURCE_EXHAUSTED / FAILED_PRECONDITION / INTERNAL
+code; FAILED_PRECONDITION when anything tried to reach the network, see egress_guard); 128+signal
 (143 for SIGTERM) after a requested stop, with a checkpoint saved when any step was trained.
 Human-readable logs go to stderr, which the scheduler sends to the job's log file.
 """
@@ -17,10 +18,17 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
+from tunevault.server.privacy import egress_guard
+from tunevault.server.training.events import EventWriter, ParentGone
 from tunevault.server.training.runtime import force_offline
 
 EXIT_FAILED = 1
+# Not PERMISSION_DENIED: the scheduler retries any code outside its NOT_RETRYABLE set, and a retry
+# would run the same network-reaching code again. Nor is the caller at fault: the installed
+# software broke a precondition of every job (zero egress), which no retry can fix.
+EGRESS_CODE = "FAILED_PRECONDITION"
 
 log = logging.getLogger("tunevault.worker")
 
@@ -30,8 +38,24 @@ def _one_line(text: str, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+class EgressCheckedEvents(EventWriter):
+    """Events that stop at the first one after a blocked network attempt; an "egress.checked" precedes the result."""
+
+    def emit(self, event_type: str, message: str = "", metrics: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+        if event_type != "error":
+            # A library may have swallowed the EgressBlocked it met; the job fails all the same, and
+            # fails early rather than training on for a result that would be refused.
+            egress_guard.raise_if_blocked()
+        if event_type == "result":
+            # Its own event: the result must stay equal to the one the trainer wrote into metrics.json.
+            super().emit("egress.checked", "no network access was attempted", {"network_attempts_blocked": 0})
+        return super().emit(event_type, message, metrics, **extra)
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status code, readable one-line reason) for a failed job."""
+    if isinstance(exc, egress_guard.EgressBlocked):
+        return EGRESS_CODE, _one_line(str(exc))
     import torch
 
     from tunevault.server.hyperparameters import HyperparameterError
@@ -48,15 +72,24 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "INTERNAL", _one_line(f"{type(exc).__name__}: {exc}")
 
 
+def _egress_first(exc: BaseException) -> BaseException:
+    """A blocked network attempt is the job's failure even when the error that surfaced is another one."""
+    try:
+        egress_guard.raise_if_blocked()
+    except egress_guard.EgressBlocked as blocked:
+        return blocked
+    return exc
+
+
 def run(jobs_dir: Path, job_id: str) -> int:
-    # Offline before anything imports transformers or huggingface_hub.
+    # Offline and guarded before anything imports torch, transformers or huggingface_hub.
     force_offline()
-    from tunevault.server.training.events import EventWriter, ParentGone
+    egress_guard.install()
     from tunevault.server.training.job_spec import JobSpec
     from tunevault.server.training.parent_watch import die_with_parent
     from tunevault.server.training.stopping import StopFlag, StopRequested
 
-    events = EventWriter(sys.stdout)
+    events = EgressCheckedEvents(sys.stdout)
     stop = StopFlag()
     # The handlers only set the flag; the loop acts on it at the next step boundary.
     stop.install(signal.SIGTERM, signal.SIGINT)
@@ -72,6 +105,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
         spec = apply_pii(spec, events)  # may point the spec at scrubbed copies, or refuse the data
         stop.check()
         result = QLoRATrainer(spec, events, stop).run()
+        egress_guard.raise_if_blocked()
         log.info("job %s succeeded: %s", job_id, result)
         return 0
     except StopRequested:
@@ -85,7 +119,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         traceback.print_exc(file=sys.stderr)
-        code, message = classify(exc)
+        code, message = classify(_egress_first(exc))
         try:
             events.emit("error", message, {}, code=code)
         except ParentGone:

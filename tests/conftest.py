@@ -83,11 +83,13 @@ class RunningServer:
 
 
 def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = True,
-                 admin_token: str | None = ADMIN_TOKEN, port: int | None = None) -> RunningServer:
+                 admin_token: str | None = ADMIN_TOKEN, port: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> RunningServer:
     """Starts `tunevault serve` on free ports and waits until health says SERVING.
 
     The first admin token comes from a file, as the Helm chart's Secret gives it; with
-    admin_token=None the server generates one and prints it.
+    admin_token=None the server generates one and prints it. extra_env is added to the server's
+    environment, which its workers and inference process inherit.
     """
     port, metrics_port = port or free_port(), free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
@@ -101,7 +103,8 @@ def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = Tru
                "--models-dir", str(models_dir), "--listen", f"127.0.0.1:{port}",
                "--metrics-listen", f"127.0.0.1:{metrics_port}", *token_args, *extra]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(extra_env or {})})
     server = RunningServer(process, f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", data_dir, log_path,
                            admin_token or "")
     if wait:

@@ -8,12 +8,19 @@ import random
 from pathlib import Path
 
 THREADS_ENV = "TUNEVAULT_NUM_THREADS"
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    # No usage reports, even ones that would only be blocked by the egress guard.
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
 
 
 def force_offline() -> None:
-    """Never reach for the Hugging Face hub; must run before transformers is imported."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    """Never reach for the Hugging Face hub or send telemetry; must run before transformers is imported."""
+    os.environ.update(OFFLINE_ENV)
     # The tokenizers library forks its own thread pool; in a child process it would only warn.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
