@@ -1,8 +1,18 @@
-"""Batching: a deterministic, length-grouped order of micro-batches per epoch, and padding rows into tensors.
+"""Batching: a deterministic order of rows per epoch, and turning rows into tensors, padded or packed.
 
-Rows of similar length go together so little compute is spent on padding; which rows meet is
-still shuffled per epoch. The plan for an epoch is a pure function of (lengths, batch size,
-seed, epoch), so a resumed job recomputes exactly the batches it would have seen.
+Training packs rows without padding: the rows of one optimizer step are laid end to end into
+sequences of at most `pack_tokens` tokens, each row keeping its own position ids (0, 1, 2, ...).
+transformers reads restarting position ids (with no attention mask) as packed documents and
+builds a block-diagonal causal mask, so no token attends across a row boundary and a packed
+step computes the same loss as the same rows padded (tests/test_training_packing.py shows it).
+Evaluation keeps padded, length-sorted batches: there is no backward pass to save there.
+
+The plan for an epoch is a pure function of (lengths, batch size, seed, epoch), so a resumed job
+recomputes exactly the rows it would have seen.
+
+Every batch carries, computed here on the CPU, the positions whose logits are needed (those
+followed by a labelled token) and their targets, so the training step needs no host sync to
+find them.
 """
 
 from __future__ import annotations
@@ -14,25 +24,35 @@ import torch
 
 from tunevault.server.training.tokenization import IGNORE_INDEX, TokenizedRow
 
-# Rows are sorted by length inside windows of this many batches (as HF's LengthGroupedSampler
-# does): wide enough to cut padding, narrow enough to keep batches varied.
+# Unpacked plans sort rows by length inside windows of this many batches (as HF's
+# LengthGroupedSampler does): wide enough to cut padding, narrow enough to keep batches varied.
 GROUPING_WINDOW_BATCHES = 16
 
 
 @dataclass(frozen=True)
 class Batch:
-    input_ids: torch.Tensor  # (rows, length), right-padded
-    attention_mask: torch.Tensor
+    input_ids: torch.Tensor  # (rows, length)
     labels: torch.Tensor  # IGNORE_INDEX on context and padding
+    attention_mask: torch.Tensor | None  # padded batches; None for packed ones
+    position_ids: torch.Tensor | None  # packed batches: restarting at 0 for every packed row
+    logits_index: torch.Tensor  # (rows, k) positions whose logits the loss needs
+    targets: torch.Tensor  # (rows, k) the token each of those positions predicts; IGNORE_INDEX fills
     tokens: int  # real (non-padding) tokens
     label_tokens: int  # tokens that carry a label
 
+    @property
+    def slots(self) -> int:
+        """Positions computed, padding included."""
+        return self.input_ids.numel()
 
-def epoch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Row indices for each micro-batch of one epoch."""
+
+def epoch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True) -> list[list[int]]:
+    """Row indices for each group of `batch_size` rows of one epoch."""
     order = list(range(len(lengths)))
     rng = random.Random(f"batches/{seed}/{epoch}")
     rng.shuffle(order)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     window = batch_size * GROUPING_WINDOW_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), window):
@@ -42,8 +62,46 @@ def epoch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int) -> li
     return batches
 
 
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices into `lengths` grouped into bins of at most `capacity` tokens.
+
+    A row longer than the capacity gets a bin of its own (rows are truncated to max_seq_len
+    before this, so with capacity >= max_seq_len that never happens).
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
+
+
+def _logit_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, targets) per row, padded with position 0 / IGNORE_INDEX to a common width.
+
+    Position p predicts token p+1, so p is needed when token p+1 carries a label. At least one
+    column is kept even when nothing is labelled, so the forward pass keeps its usual shape.
+    """
+    wanted = torch.zeros_like(labels, dtype=torch.bool)
+    wanted[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    per_row = [row.nonzero().squeeze(-1) for row in wanted]
+    width = max(1, max(len(p) for p in per_row))
+    positions = torch.zeros((labels.shape[0], width), dtype=torch.long)
+    targets = torch.full((labels.shape[0], width), IGNORE_INDEX, dtype=torch.long)
+    for r, found in enumerate(per_row):
+        positions[r, : len(found)] = found
+        targets[r, : len(found)] = labels[r, found + 1]
+    return positions, targets
+
+
 def collate(rows: list[TokenizedRow], pad_token_id: int) -> Batch:
-    """Right-pad rows into one batch."""
+    """Right-pad rows into one batch, one row each."""
     width = max(len(r.input_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -53,13 +111,61 @@ def collate(rows: list[TokenizedRow], pad_token_id: int) -> Batch:
         input_ids[i, :n] = torch.tensor(row.input_ids)
         labels[i, :n] = torch.tensor(row.labels)
         attention_mask[i, :n] = 1
+    positions, targets = _logit_targets(labels)
     return Batch(
         input_ids=input_ids,
-        attention_mask=attention_mask,
         labels=labels,
+        attention_mask=attention_mask,
+        position_ids=None,
+        logits_index=positions,
+        targets=targets,
         tokens=int(attention_mask.sum()),
-        label_tokens=int((labels != IGNORE_INDEX).sum()),
+        label_tokens=int((targets != IGNORE_INDEX).sum()),
     )
+
+
+def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int) -> Batch:
+    """One tensor row per pack, its rows end to end with position ids restarting at each row.
+
+    The first token of every row is unlabelled, so no row is ever asked to predict the next
+    row's start. A shorter pack is filled with padding that forms a document of its own
+    (positions from 0, no labels), which nothing else can attend to.
+    """
+    width = max(sum(len(r.input_ids) for r in p) for p in packs)
+    input_ids = torch.full((len(packs), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(packs), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(packs), width), dtype=torch.long)
+    tokens = 0
+    for i, rows in enumerate(packs):
+        at = 0
+        for row in rows:
+            n = len(row.input_ids)
+            input_ids[i, at : at + n] = torch.tensor(row.input_ids)
+            labels[i, at + 1 : at + n] = torch.tensor(row.labels[1:])
+            position_ids[i, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[i, at:] = torch.arange(width - at)
+        tokens += at
+    positions, targets = _logit_targets(labels)
+    return Batch(
+        input_ids=input_ids,
+        labels=labels,
+        attention_mask=None,
+        position_ids=position_ids,
+        logits_index=positions,
+        targets=targets,
+        tokens=tokens,
+        label_tokens=int((targets != IGNORE_INDEX).sum()),
+    )
+
+
+def packed_micro_batches(rows: list[TokenizedRow], pack_tokens: int, packs_per_batch: int, pad_token_id: int) -> list[Batch]:
+    """The rows of one optimizer step as packed micro-batches of at most `packs_per_batch` packs."""
+    bins = pack([len(r.input_ids) for r in rows], pack_tokens)
+    # Longest packs first, so the packs sharing a micro-batch have similar lengths.
+    bins.sort(key=lambda b: -sum(len(rows[i].input_ids) for i in b))
+    groups = [bins[i : i + packs_per_batch] for i in range(0, len(bins), packs_per_batch)]
+    return [collate_packed([[rows[i] for i in b] for b in group], pad_token_id) for group in groups]
 
 
 def eval_batches(rows: list[TokenizedRow], batch_size: int, pad_token_id: int) -> list[Batch]:
@@ -69,29 +175,51 @@ def eval_batches(rows: list[TokenizedRow], batch_size: int, pad_token_id: int) -
 
 
 class BatchStream:
-    """The endless, deterministic sequence of training micro-batches, epoch after epoch.
+    """The endless, deterministic sequence of training rows, epoch after epoch, `batch_size` at a time.
 
-    `position` counts micro-batches handed out; it is all a checkpoint needs to resume the stream.
+    `position` counts groups of rows handed out; it is all a checkpoint needs to resume the
+    stream. With `pack_tokens`, a step's groups are packed together instead of padded one by one.
     """
 
-    def __init__(self, rows: list[TokenizedRow], batch_size: int, seed: int, pad_token_id: int, position: int = 0) -> None:
+    def __init__(
+        self,
+        rows: list[TokenizedRow],
+        batch_size: int,
+        seed: int,
+        pad_token_id: int,
+        position: int = 0,
+        pack_tokens: int | None = None,
+    ) -> None:
         self.rows = rows
         self.lengths = [len(r.input_ids) for r in rows]
         self.batch_size = batch_size
         self.seed = seed
         self.pad_token_id = pad_token_id
+        self.pack_tokens = pack_tokens
         self.per_epoch = -(-len(rows) // batch_size)
         self.position = position
         self._plan_epoch: int | None = None
         self._plan: list[list[int]] = []
 
-    def next(self) -> Batch:
+    def _next_group(self) -> list[TokenizedRow]:
         epoch, index = divmod(self.position, self.per_epoch)
         if epoch != self._plan_epoch:
-            self._plan = epoch_plan(self.lengths, self.batch_size, self.seed, epoch)
+            # Packing removes padding whatever the lengths, so rows need not be grouped by length.
+            self._plan = epoch_plan(self.lengths, self.batch_size, self.seed, epoch, group_by_length=self.pack_tokens is None)
             self._plan_epoch = epoch
         self.position += 1
-        return collate([self.rows[i] for i in self._plan[index]], self.pad_token_id)
+        return [self.rows[i] for i in self._plan[index]]
+
+    def next(self) -> Batch:
+        """One padded micro-batch of `batch_size` rows."""
+        return collate(self._next_group(), self.pad_token_id)
+
+    def next_step(self, groups: int) -> list[Batch]:
+        """The micro-batches of one optimizer step of `groups` x `batch_size` rows."""
+        if self.pack_tokens is None:
+            return [self.next() for _ in range(groups)]
+        rows = [row for _ in range(groups) for row in self._next_group()]
+        return packed_micro_batches(rows, self.pack_tokens, self.batch_size, self.pad_token_id)
 
     @property
     def epochs_done(self) -> float:

@@ -28,8 +28,9 @@ class TrainState:
     """The loop's own state at a step boundary."""
 
     step: int = 0
-    micro_batches_done: int = 0  # position in the deterministic stream of micro-batches
+    micro_batches_done: int = 0  # position in the deterministic stream of row groups (BatchStream.position)
     trained_tokens: int = 0
+    padded_slots: int = 0  # padding positions computed alongside trained_tokens
     train_seconds: float = 0.0
     base_eval_loss: float | None = None
     base_accuracy: float | None = None

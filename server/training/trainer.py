@@ -23,6 +23,7 @@ import torch
 
 from tunevault.server import hyperparameters as hp
 from tunevault.server.training import checkpoints, quantized_model
+from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
 from tunevault.server.training.batching import BatchStream, eval_batches
 from tunevault.server.training.checkpoints import TrainState
 from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
@@ -85,7 +86,11 @@ class QLoRATrainer:
         self.total_steps = int(self.hp["max_steps"])
         self.accumulation = int(self.hp["gradient_accumulation_steps"])
         pad = self.tokenizer.pad_token_id
-        self.stream = BatchStream(self.data.train, int(self.hp["batch_size"]), int(self.hp["seed"]), pad)
+        # Packs hold at most max_seq_len tokens and a micro-batch at most batch_size packs: the
+        # same worst-case memory as batch_size padded rows, without the padding.
+        self.stream = BatchStream(
+            self.data.train, int(self.hp["batch_size"]), int(self.hp["seed"]), pad, pack_tokens=int(self.hp["max_seq_len"])
+        )
         self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), pad)
         self.events.emit(
             "data.prepared",
@@ -105,6 +110,7 @@ class QLoRATrainer:
 
         started = time.perf_counter()
         seed_everything(int(self.hp["seed"]))
+        self.fused_kernels = apply_fused_kernels(model_type(self.spec.base_model_dir), self.device)
         base = quantized_model.load_quantized_base(self.spec.base_model_dir, self.device, self.compute_dtype)
         base = quantized_model.prepare_for_training(base, self.device)
         # LoRA A matrices are drawn from the torch RNG: seeding right before makes them reproducible.
@@ -221,21 +227,22 @@ class QLoRATrainer:
                 self.save_checkpoint()
                 raise StopRequested()
             started = time.perf_counter()
-            micro_batches = [self.stream.next() for _ in range(self.accumulation)]
+            micro_batches = self.stream.next_step(self.accumulation)
             # Token-normalised accumulation: divide by the answer tokens of the whole step, so each
             # token counts the same whichever micro-batch it is in.
-            step_label_tokens = sum(b.label_tokens for b in micro_batches)
-            step_loss = 0.0
+            step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
+            loss_total = torch.zeros((), device=self.device)
             for batch in micro_batches:
                 loss_sum, _ = summed_token_loss(self.model, batch)
                 (loss_sum / step_label_tokens).backward()
-                step_loss += float(loss_sum.detach())
+                loss_total += loss_sum.detach()
             if max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
             learning_rate = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            step_loss = float(loss_total)  # the step's one wait on the device
             seconds = time.perf_counter() - started
 
             if not math.isfinite(step_loss):
@@ -243,6 +250,7 @@ class QLoRATrainer:
                     f"training diverged at step {self.state.step + 1} (loss is {step_loss}); lower learning_rate"
                 )
             step_tokens = sum(b.tokens for b in micro_batches)
+            self.state.padded_slots += sum(b.slots for b in micro_batches) - step_tokens
             self.state.step += 1
             self.state.micro_batches_done = self.stream.position
             self.state.trained_tokens += step_tokens
@@ -257,7 +265,10 @@ class QLoRATrainer:
                 "trained_tokens": self.state.trained_tokens,
                 "epoch": self.stream.epochs_done,
             }
-            self.state.history.append({"type": "step", **metrics, "label_tokens": step_label_tokens})
+            self.state.history.append({
+                "type": "step", **metrics, "label_tokens": step_label_tokens, "step_seconds": seconds,
+                "step_tokens": step_tokens, "step_slots": sum(b.slots for b in micro_batches),
+            })
             if self._step_event_due(step):
                 self.events.emit("step", f"step {step}/{self.total_steps} loss {metrics['loss']:.4f}", metrics)
             if eval_every and step % eval_every == 0 and step < self.total_steps:
@@ -303,6 +314,7 @@ class QLoRATrainer:
             "steps": self.state.step,
             "train_seconds": self.state.train_seconds,
             "tokens_per_second": self.state.trained_tokens / self.state.train_seconds if self.state.train_seconds else None,
+            "padding_fraction": self.state.padded_slots / max(1, self.state.trained_tokens + self.state.padded_slots),
         }
         result = {k: float(v) for k, v in result.items() if v is not None and math.isfinite(float(v))}
         self._export(result)
