@@ -300,6 +300,99 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Chat ---------------------------------------------------------------------------------
+
+CHAT_HELP = "/reset forgets the conversation, /exit (or Ctrl-D) ends it"
+# Without these the session cannot work at all, so chat stops; any other failed turn is
+# reported and the conversation goes on without it.
+_CHAT_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+               grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def render_chat_prompt(history: list[tuple[str, str]], message: str, budget_chars: int) -> tuple[str, int]:
+    """The one prompt a turn sends, and how many earlier exchanges it carries.
+
+    GenerateRequest takes a single user message (the server wraps it in the model's chat
+    template), so earlier exchanges travel as a labelled transcript inside it, the newest that
+    fit in budget_chars. A first turn is the message alone: it gets the answer `generate` gives.
+    """
+    kept: list[str] = []
+    used = len(message)
+    for user, assistant in reversed(history):
+        exchange = f"User: {user}\nAssistant: {assistant}"
+        used += len(exchange) + 2
+        if used > budget_chars:
+            break
+        kept.insert(0, exchange)
+    if not kept:
+        return message, 0
+    transcript = "\n\n".join(kept)
+    return f"Earlier in this conversation:\n\n{transcript}\n\nUser: {message}", len(kept)
+
+
+def _read_line(interactive: bool) -> str | None:
+    if interactive:
+        print("you> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def _chat_turn(client: Client, args: argparse.Namespace, prompt: str) -> pb.GenerateResponse | None:
+    try:
+        return client.generate(prompt, job_id=args.job or "", base_model=args.base or "", max_tokens=args.max_tokens,
+                               temperature=args.temperature, stop=args.stop, system=args.system or "")
+    except grpc.RpcError as error:
+        if error.code() in _CHAT_FATAL:
+            raise
+        _say(f"error: {error.code().name}: {error.details()} (this turn is not kept; try again)")
+        return None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A conversation kept here, in the client; every turn sends it along with the new message."""
+    if bool(args.base) == bool(args.job):
+        raise SystemExit("give either JOB or --base MODEL")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _say(f"chatting with {args.job or args.base}: {CHAT_HELP}")
+    try:
+        with _client(args) as client:
+            return _chat_loop(client, args, interactive)
+    except KeyboardInterrupt:
+        _say("")  # end the "you> " line; Ctrl-C at a terminal is a way out, not a crash
+        return 130
+
+
+def _chat_loop(client: Client, args: argparse.Namespace, interactive: bool) -> int:
+    history: list[tuple[str, str]] = []
+    failed = False
+    while (line := _read_line(interactive)) is not None:
+        message = line.strip()
+        if message == "/exit":
+            break
+        if message == "/reset":
+            history.clear()
+            _say("conversation forgotten")
+        elif message:
+            failed |= not _answer(client, args, history, message)
+    return 1 if failed else 0
+
+
+def _answer(client: Client, args: argparse.Namespace, history: list[tuple[str, str]], message: str) -> bool:
+    """One turn: send, print, remember. False when it failed (and is not remembered)."""
+    prompt, carried = render_chat_prompt(history, message, args.history_chars)
+    response = _chat_turn(client, args, prompt)
+    if response is None:
+        return False
+    history.append((message, response.text))
+    if args.json:
+        print(json.dumps({"text": response.text, "completion_tokens": response.completion_tokens,
+                          "history_turns": carried}), flush=True)
+    else:
+        print(response.text, flush=True)
+    return True
+
+
 # Parser -------------------------------------------------------------------------------
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -430,6 +523,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     generate.add_argument("--stop", action="append", default=[])
     generate.add_argument("--system", help="a system message before the prompt")
+
+    chat = add("chat", cmd_chat, f"talk with a job's adapter (or --base MODEL), one line a turn; {CHAT_HELP}")
+    chat.add_argument("job", nargs="?")
+    chat.add_argument("--base", help="use this base model without an adapter")
+    chat.add_argument("--max-tokens", type=int, default=128, help="per answer")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
+    chat.add_argument("--stop", action="append", default=[])
+    chat.add_argument("--system", help="a system message before every turn")
+    chat.add_argument("--history-chars", type=int, default=6000,
+                      help="earlier turns sent along, newest first, up to this many characters (keeps the prompt "
+                           "inside the model's context)")
     return parser
 
 

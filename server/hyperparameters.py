@@ -3,6 +3,7 @@
 Pure Python on purpose: the gRPC server validates a CreateJob request with this module and must
 never import torch. Every field is optional; None (or the string "auto") means "choose from the
 dataset", and resolve() makes that choice the same way in the API process and in the worker.
+Switches (export_merged) have nothing to choose from the dataset: "auto" is simply their default.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class Hyperparameters:
     seed: int | None = None  # seeds the split, the data order, LoRA init and dropout
     eval_accuracy_max_examples: int | None = None  # validation rows for exact-match accuracy; 0 = skip
     checkpoint_every: int | None = None  # steps between checkpoints; 0 = only when stopped
+    # Also write base + adapter merged in 16-bit (plain transformers, no PEFT or bitsandbytes
+    # needed to serve it); off by default: it is a full copy of the model on disk.
+    export_merged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -82,7 +86,7 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class _Rule:
-    kind: type  # int, float, str or tuple (list of str)
+    kind: type  # int, float, str, bool or tuple (list of str)
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: value must be > low rather than >= low
@@ -108,6 +112,7 @@ _RULES: dict[str, _Rule] = {
     "seed": _Rule(int, 0, 2**32 - 1),
     "eval_accuracy_max_examples": _Rule(int, 0, 100_000),
     "checkpoint_every": _Rule(int, 0, 10_000_000),
+    "export_merged": _Rule(bool),
 }
 assert set(_RULES) == {f.name for f in fields(Hyperparameters)}
 
@@ -147,6 +152,14 @@ def _check_modules(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_switch(name: str, value: Any) -> bool:
+    # Strict like the numbers: "false" or 0 from a hand-written spec is a caller bug, and a
+    # truthy "false" would silently turn the switch on.
+    if not isinstance(value, bool):
+        raise HyperparameterError(name, f"must be true or false, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def validate(raw: dict[str, Any] | None) -> Hyperparameters:
     """Check a user's hyperparameters; raise HyperparameterError naming the first bad field."""
     if raw is None:
@@ -163,6 +176,8 @@ def validate(raw: dict[str, Any] | None) -> Hyperparameters:
             continue
         if rule.kind is tuple:
             values[name] = _check_modules(name, value)
+        elif rule.kind is bool:
+            values[name] = _check_switch(name, value)
         elif rule.kind is str:
             if value not in LR_SCHEDULERS:
                 raise HyperparameterError(name, f"must be one of {', '.join(LR_SCHEDULERS)}, got {value!r}")
@@ -247,4 +262,5 @@ def resolve(
     out["eval_every"] = hp.eval_every if hp.eval_every is not None else max(1, math.ceil(total / 2))
     out["checkpoint_every"] = hp.checkpoint_every if hp.checkpoint_every is not None else max(1, math.ceil(total / 4))
     # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
+    # export_merged passes through as given (to_dict above): the dataset has no say in it.
     return out

@@ -116,3 +116,20 @@ def test_importing_hyperparameters_does_not_import_torch() -> None:
     probe = "import sys, tunevault.server.hyperparameters as h; h.resolve(h.validate({}), 10); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_export_merged_is_off_by_default_and_passes_through_resolve() -> None:
+    assert hp.validate({}).export_merged is False
+    assert hp.validate({"export_merged": "auto"}).export_merged is False
+    assert hp.resolve(hp.validate({}), train_rows=100)["export_merged"] is False
+    on = hp.resolve(hp.validate({"export_merged": True}), train_rows=100)
+    assert on["export_merged"] is True
+    assert hp.resolve(hp.validate(on), train_rows=100) == on
+
+
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, 1.0, ["yes"]])
+def test_export_merged_takes_only_true_or_false(value: object) -> None:
+    with pytest.raises(hp.HyperparameterError) as caught:
+        hp.validate({"export_merged": value})
+    assert caught.value.field == "export_merged"
+    assert "true or false" in caught.value.reason and repr(value) in caught.value.reason
