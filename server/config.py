@@ -7,11 +7,34 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEVICE_MEMORY_ENV = "TUNEVAULT_DEVICE_MEMORY"  # e.g. 24GiB; unset or "auto": found at start-up
+
 
 def default_data_dir() -> Path:
     """A per-user directory, as XDG says: $XDG_DATA_HOME/tunevault or ~/.local/share/tunevault."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "tunevault"
+
+
+def parse_bytes(text: str) -> int | None:
+    """"24GiB", "24G", "512MiB" or a plain number of bytes; "auto" or "" gives None."""
+    value = text.strip()
+    if value.lower() in ("", "auto"):
+        return None
+    scales = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    number = value.rstrip("iIbB") if value[-1:].isalpha() else value
+    scale = scales.get(number[-1:].lower(), 1)
+    try:
+        result = float(number[:-1] if scale != 1 else number) * scale
+    except ValueError:
+        raise ValueError(f"not a byte size: {text!r} (e.g. 24GiB, or a number of bytes)") from None
+    if not 0 < result < float("inf"):
+        raise ValueError(f"a memory size must be positive, got {text!r}")
+    return int(result)
+
+
+def default_device_memory_bytes() -> int | None:
+    return parse_bytes(os.environ.get(DEVICE_MEMORY_ENV, ""))
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,10 @@ class ServerConfig:
     retry_backoff_max_seconds: float = 600.0
     # Artifacts and checkpoints of jobs finished this many days ago are deleted (0 = keep).
     retention_days: float = 0.0
+    # Memory one job may use on the training device; a job estimated above it is refused at
+    # CreateJob (FAILED_PRECONDITION). None: on CPU the cgroup limit or RAM less a margin, shared
+    # by max_concurrent_jobs; on a GPU host unknown (no check) until the operator sets it.
+    device_memory_bytes: int | None = field(default_factory=default_device_memory_bytes)
     # Limits; exceeding one is RESOURCE_EXHAUSTED naming it.
     max_upload_bytes: int = 512 * 1024 * 1024
     max_message_bytes: int = 4 * 1024 * 1024

@@ -6,8 +6,10 @@ tenant's job or dataset is NOT_FOUND: its existence does not leak.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+from pathlib import Path
 
 from tunevault.server import hyperparameters as hp
 from tunevault.server.api import convert, pagination
@@ -20,9 +22,12 @@ from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFoun
 from tunevault.server.inference_client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
 from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
-from tunevault.server.store import JobRecord, JobState, Store
+from tunevault.server.store import DatasetRecord, JobRecord, JobState, Store
+from tunevault.server.training import memory_estimate
 from tunevault.v1 import tunevault_pb2 as pb
 from tunevault.v1 import tunevault_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 EVENT_WAIT_SECONDS = 1.0
 WORKER_STATES = [JobState.RUNNING, JobState.PAUSING, JobState.CANCELLING]
@@ -37,6 +42,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         self.inference = inference
         self.version = version
         self.started = time.monotonic()
+        self.memory_limit = memory_estimate.device_limit(config.device_memory_bytes,
+                                                         concurrent_jobs=config.max_concurrent_jobs)
 
     def _job(self, job_id: str) -> JobRecord:
         return self.store.get_job(check.required_id("job_id", job_id), tenant=current_principal().scope)
@@ -91,13 +98,14 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                                                 tenant=principal.scope)
             if validation.tenant != dataset.tenant:
                 raise InvalidArgument("validation_dataset_id", "must belong to the same tenant as dataset_id")
-        find_model(self.config.resolved_models_dir, request.base_model)
+        model = find_model(self.config.resolved_models_dir, request.base_model)
         requested = convert.hyperparameters_to_dict(request.hyperparameters)
         try:
-            hp.resolve(hp.validate(requested), train_rows=dataset.row_count,
-                       has_validation_file=bool(request.validation_dataset_id))
+            validated = hp.validate(requested)
+            hp.resolve(validated, train_rows=dataset.row_count, has_validation_file=bool(request.validation_dataset_id))
         except hp.HyperparameterError as error:
             raise InvalidArgument(f"hyperparameters.{error.field}", error.reason) from error
+        estimate = self._memory_preflight(model.path, validated, dataset, bool(request.validation_dataset_id))
         _, pending = self.store.tenant_usage(dataset.tenant)
         if pending >= self.config.max_pending_jobs_per_tenant:
             raise ResourceExhausted(f"too many unfinished jobs: max_pending_jobs_per_tenant={self.config.max_pending_jobs_per_tenant}")
@@ -111,11 +119,33 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             pii_mode=check.pii_mode(request.pii), queue=True,
             audit_details={"dataset_sha256": dataset.sha256, "base_model": request.base_model,
                            "validation_dataset_id": request.validation_dataset_id or None,
-                           "hyperparameters": requested, "pii": check.pii_mode(request.pii)},
+                           "hyperparameters": requested, "pii": check.pii_mode(request.pii),
+                           "estimated_peak_memory_bytes": estimate.total if estimate else None},
         )
         if created:
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))
+
+    def _memory_preflight(self, model_dir: Path, validated: hp.Hyperparameters, dataset: DatasetRecord,
+                          has_validation_file: bool) -> memory_estimate.MemoryEstimate | None:
+        """Refuses a job whose estimated peak memory exceeds the device's, before anything is stored."""
+        limit = self.memory_limit
+        if limit.bytes is None:
+            return None
+        try:
+            estimate = memory_estimate.job_estimate(model_dir, validated, self.config.data_dir / dataset.path,
+                                                    dataset.row_count, has_validation_file, limit.device)
+        except (KeyError, TypeError, ValueError, OSError) as error:
+            # A config.json the estimate cannot read is no reason to refuse the job; the worker will tell.
+            log.warning("no memory estimate for %s: %r", model_dir.name, error)
+            return None
+        if estimate.exceeds(limit.bytes):
+            raise FailedPrecondition(
+                f"estimated peak memory {memory_estimate.gib(estimate.total)} exceeds the device's "
+                f"{memory_estimate.gib(limit.bytes)} (batch_size {estimate.batch_size} x max_seq_len "
+                f"{estimate.max_seq_len}); lower batch_size or max_seq_len"
+            )
+        return estimate
 
     def GetJob(self, request, context):
         return pb.GetJobResponse(job=self._job_message(self._job(request.job_id)))

@@ -24,6 +24,7 @@ from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.store import JobRecord, JobState, Store
 from tunevault.server.store.states import WORKER_STATES
+from tunevault.server.training import memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Scheduler:
         self._loop_thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._next_lease_check = 0.0
         self._next_retention_check = 0.0
+        self.memory_limit = memory_estimate.device_limit(config.device_memory_bytes,
+                                                         concurrent_jobs=config.max_concurrent_jobs)
 
     # Life cycle ----------------------------------------------------------------------
 
@@ -182,19 +185,33 @@ class Scheduler:
         resolved = hp.resolve(hp.validate(job.hyperparameters), train_rows=train.row_count,
                               has_validation_file=validation is not None)
         self.store.update_job(job.id, resolved_hyperparameters=resolved)
+        model_dir = find_model(self.config.resolved_models_dir, job.base_model).path
         spec = {
             "job_id": job.id,
-            "base_model_dir": str(find_model(self.config.resolved_models_dir, job.base_model).path),
+            "base_model_dir": str(model_dir),
             "train_file": str(self.config.data_dir / train.path),
             "validation_file": str(self.config.data_dir / validation.path) if validation else None,
             "output_dir": str(job_dir / "artifacts"),
             "checkpoint_dir": str(job_dir / "checkpoints"),
             "hyperparameters": resolved,
             "pii": job.pii_mode,
+            "memory_estimate": self._memory_estimate(model_dir, job, train.path, train.row_count, validation is not None),
         }
         temporary = job_dir / "spec.json.tmp"
         temporary.write_text(json.dumps(spec, indent=2))
         temporary.replace(job_dir / "spec.json")
+
+    def _memory_estimate(self, model_dir: Path, job: JobRecord, train_path: str, train_rows: int,
+                         has_validation_file: bool) -> dict[str, Any] | None:
+        """The preflight estimate and the device's limit, for the worker to report beside its measured peak."""
+        try:
+            estimate = memory_estimate.job_estimate(model_dir, hp.validate(job.hyperparameters),
+                                                    self.config.data_dir / train_path, train_rows,
+                                                    has_validation_file, self.memory_limit.device)
+        except (KeyError, TypeError, ValueError, OSError) as error:
+            log.warning("job %s: no memory estimate: %r", job.id, error)
+            return None
+        return {**estimate.to_dict(), "device_memory_bytes": self.memory_limit.bytes}
 
     # Following one worker ------------------------------------------------------------
 
@@ -298,7 +315,7 @@ class Scheduler:
 def delete_job_files(job_dir: Path) -> int:
     """Removes a job's artifacts, archive and checkpoints; keeps spec and log. Returns bytes freed."""
     freed = 0
-    for name in ("artifacts", "checkpoints", ARCHIVE_NAME):
+    for name in ("artifacts", "merged", "checkpoints", ARCHIVE_NAME):
         path = job_dir / name
         freed += disk_usage(path)
         if path.is_dir() and not path.is_symlink():

@@ -1,0 +1,119 @@
+"""The peak-memory preflight: the estimate's arithmetic, the device limit, and CreateJob refusing a job that would not fit."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import start_server, wait_for_state
+from tests.tiny_model import triage_subset
+from tunevault.server.config import DEVICE_MEMORY_ENV, parse_bytes
+from tunevault.server.training import memory_estimate as me
+
+TINY = {  # tests/tiny_model.py's config, as its config.json has it
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "vocab_size": 49152, "tie_word_embeddings": True,
+}
+HP = {"batch_size": 2, "max_seq_len": 32, "lora_r": 8, "lora_dropout": 0.05, "lora_target_modules": None}
+
+
+def test_the_estimate_matches_a_hand_computation_for_the_tiny_model() -> None:
+    estimate = me.estimate_peak_memory(TINY, HP, device="cpu")
+    # Per layer (in, out): q 64x64, k 64x32, v 64x32, o 64x64, gate 64x128, up 64x128, down 128x64.
+    quantized = 2 * (64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128)
+    assert estimate.quantized_weights == pytest.approx(quantized * (0.5 + 1 / 64 + 4 / (64 * 256)), abs=1)
+    assert estimate.full_precision_weights == 4 * (49152 * 64 + 5 * 64)  # tied embedding, 2 norms a layer + final
+    lora_params = 2 * 8 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128))
+    assert estimate.lora_training_state == 16 * lora_params
+    # Saved per token per layer: base 4h + 3q + 3kv + 4i floats; LoRA dropout copies of the
+    # inputs (5 x 64 + 64 + 128), their bool masks, and r floats for each of the 7 modules.
+    base = 4 * 64 + 3 * 64 + 3 * 32 + 4 * 128
+    lora_inputs = 5 * 64 + 64 + 128
+    layer = 4 * (base + lora_inputs + 7 * 8) + lora_inputs
+    tokens = 2 * 32
+    attention = 2 * 4 * 32 * 32 * 4
+    assert estimate.activations == tokens * 2 * layer + attention
+    assert estimate.logits == tokens * 49152 * 4 * 3  # every position labelled unless told otherwise
+    assert estimate.runtime == me.RUNTIME_BYTES["cpu"]
+    parts = [estimate.quantized_weights, estimate.full_precision_weights, estimate.lora_training_state,
+             estimate.activations, estimate.logits, estimate.runtime, estimate.allocator, estimate.dataset]
+    assert estimate.total == sum(parts)
+
+
+def test_the_estimate_grows_with_batch_size_and_sequence_length() -> None:
+    def total(batch: int, seq: int) -> int:
+        return me.estimate_peak_memory(TINY, {**HP, "batch_size": batch, "max_seq_len": seq}).total
+
+    assert total(2, 32) < total(4, 32) < total(8, 32)
+    assert total(2, 32) < total(2, 64) < total(2, 128)
+
+
+def test_labels_checkpointing_and_dropout_change_what_is_kept() -> None:
+    everything = me.estimate_peak_memory(TINY, HP)
+    assert me.estimate_peak_memory(TINY, HP, label_tokens_per_row=4).logits == 2 * 4 * 49152 * 12 < everything.logits
+    assert me.estimate_peak_memory(TINY, {**HP, "lora_dropout": 0.0}).activations < everything.activations
+    cuda = me.estimate_peak_memory(TINY, HP, device="cuda")
+    assert cuda.activations < everything.activations and cuda.dataset == 0
+    fewer = me.estimate_peak_memory(TINY, {**HP, "lora_target_modules": ["q_proj", "v_proj"]})
+    assert fewer.lora_training_state < everything.lora_training_state
+
+
+def test_dataset_tokens_reads_the_longest_row_and_answer(tmp_path: Path) -> None:
+    rows = [[("user", "x" * 30), ("assistant", "y" * 9)], [("system", "s" * 3), ("user", "u" * 60), ("assistant", "a" * 3)]]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": r, "content": c} for r, c in row]}) + "\n" for row in rows))
+    tokens = me.dataset_tokens(path)
+    assert tokens.longest_row == 66 // 3 + 3 * 5  # 66 bytes of text at 3 bytes a token, 3 messages
+    assert tokens.longest_answer == 9 // 3 + 5
+    assert tokens.total == (39 // 3 + 10) + tokens.longest_row
+
+
+def test_the_device_limit() -> None:
+    assert me.device_limit(10 * me.GIB, "cpu") == me.DeviceLimit("cpu", 10 * me.GIB, "configured")
+    assert me.device_limit(None, "cuda").bytes is None  # a GPU's size is the operator's to give
+    automatic = me.device_limit(None, "cpu")
+    assert automatic.source in ("ram", "cgroup") and 0 < automatic.bytes
+    assert parse_bytes("24GiB") == 24 * me.GIB and parse_bytes("512M") == 512 * 1024**2 and parse_bytes("auto") is None
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+
+
+def test_measured_peak_on_cpu_is_the_process_max_rss() -> None:
+    import resource
+
+    assert me.measured_peak_bytes("cpu") >= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > 0
+
+
+def test_create_job_refuses_a_job_that_would_not_fit(tmp_path: Path, tiny_models_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "2GiB")
+    server = start_server(tmp_path / "data", tiny_models_dir)
+    try:
+        with server.client() as client:
+            dataset = client.upload_dataset(triage_subset(tmp_path / "train.jsonl", 24))
+            later = time.time() + 86400  # queued, not run: this test is about CreateJob
+            accepted = client.create_job(dataset.id, "tiny-llama", {"batch_size": 2}, not_before=later)
+            before = [j.id for j in client.list_jobs().jobs]
+
+            with pytest.raises(grpc.RpcError) as refused:
+                client.create_job(dataset.id, "tiny-llama", {"batch_size": 64, "max_seq_len": 4096}, not_before=later)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            message = refused.value.details()
+            assert message.startswith("estimated peak memory ") and "exceeds the device's 2.0 GiB" in message
+            assert "(batch_size 64 x max_seq_len 4096); lower batch_size or max_seq_len" in message
+            assert [j.id for j in client.list_jobs().jobs] == before == [accepted.id]
+
+            # A job that runs carries the estimate in its spec.json, for the worker to report.
+            running = client.create_job(dataset.id, "tiny-llama", {"batch_size": 2, "max_steps": 1})
+            wait_for_state(client, running.id, {"RUNNING", "SUCCEEDED", "FAILED"}, timeout=120)
+            spec = json.loads((server.data_dir / "jobs" / running.id / "spec.json").read_text())
+            assert spec["memory_estimate"]["device_memory_bytes"] == 2 * me.GIB
+            assert 0 < spec["memory_estimate"]["total"] < 2 * me.GIB
+            assert spec["memory_estimate"]["batch_size"] == 2
+            client.cancel_job(running.id)
+    finally:
+        server.stop()
