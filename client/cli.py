@@ -62,7 +62,7 @@ def _parse_time(value: str | None) -> float | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from tunevault.server.app import run
-        from tunevault.server.config import ServerConfig, default_data_dir
+        from tunevault.server.config import ServerConfig, default_data_dir, parse_bytes
     except ImportError as error:
         raise SystemExit(f"`tunevault serve` needs the server extra: pip install 'tunevault[server]' ({error})")
     config = ServerConfig(
@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rate_limit_burst=args.rate_limit_burst,
         max_pending_jobs_per_tenant=args.max_pending_jobs, max_tenant_storage_bytes=args.max_tenant_storage,
         max_upload_bytes=args.max_upload_bytes, max_dataset_rows=args.max_dataset_rows,
+        device_memory_bytes=parse_bytes(args.device_memory),
     )
     run(config)
     return 0
@@ -434,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tenant-storage", type=int, default=50 * 1024**3, help="dataset bytes per tenant")
     serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024**2)
     serve.add_argument("--max-dataset-rows", type=int, default=1_000_000)
+    serve.add_argument("--device-memory", default=os.environ.get("TUNEVAULT_DEVICE_MEMORY", "auto"),
+                       help="memory one job may use, e.g. 24GiB (auto: cgroup limit or RAM on CPU; unchecked on GPU)")
     serve.add_argument("--tls-cert", dest="tls_cert_file", type=Path)
     serve.add_argument("--tls-key", dest="tls_key_file", type=Path)
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")

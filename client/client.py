@@ -197,6 +197,17 @@ def _health_status_name(data: bytes) -> str:
     return names.get(data[1], "UNKNOWN") if len(data) >= 2 and data[0] == 0x08 else "UNKNOWN"
 
 
+def _switch(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"hyperparameter {name!r} must be true or false, got {value!r}")
+
+
 def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
     """Builds the message from a dict, converting "2e-4"-style strings by the field's type."""
     message = pb.Hyperparameters()
@@ -212,6 +223,8 @@ def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
             setattr(message, name, int(value))
         elif field.type == field.TYPE_DOUBLE:
             setattr(message, name, float(value))
+        elif field.type == field.TYPE_BOOL:
+            setattr(message, name, _switch(name, value))
         else:
             setattr(message, name, str(value))
     return message

@@ -76,6 +76,9 @@ class Hyperparameters:
     # Also write base + adapter merged in 16-bit (plain transformers, no PEFT or bitsandbytes
     # needed to serve it); off by default: it is a full copy of the model on disk.
     export_merged: bool = False
+    # Recompute activations in the backward pass to save memory, for about a third more compute.
+    # None (auto): the worker decides, off unless the job would not fit the device without it.
+    gradient_checkpointing: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -113,6 +116,7 @@ _RULES: dict[str, _Rule] = {
     "eval_accuracy_max_examples": _Rule(int, 0, 100_000),
     "checkpoint_every": _Rule(int, 0, 10_000_000),
     "export_merged": _Rule(bool),
+    "gradient_checkpointing": _Rule(bool),
 }
 assert set(_RULES) == {f.name for f in fields(Hyperparameters)}
 
@@ -262,5 +266,6 @@ def resolve(
     out["eval_every"] = hp.eval_every if hp.eval_every is not None else max(1, math.ceil(total / 2))
     out["checkpoint_every"] = hp.checkpoint_every if hp.checkpoint_every is not None else max(1, math.ceil(total / 4))
     # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
-    # export_merged passes through as given (to_dict above): the dataset has no say in it.
+    # export_merged and gradient_checkpointing pass through as given (to_dict above): the dataset has
+    # no say in them, and "auto" checkpointing needs the device, which only the worker knows.
     return out

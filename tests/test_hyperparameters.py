@@ -56,10 +56,10 @@ def test_bad_values_name_their_field(raw: dict, field: str) -> None:
     assert field in str(caught.value) and caught.value.reason
 
 
-def test_resolve_fills_every_field_but_the_model_dependent_ones() -> None:
+def test_resolve_fills_every_field_but_the_model_and_device_dependent_ones() -> None:
     resolved = hp.resolve(hp.validate({}), train_rows=360)
     missing = {k for k, v in resolved.items() if v is None}
-    assert missing == {"lora_target_modules", "max_seq_len"}
+    assert missing == {"lora_target_modules", "max_seq_len", "gradient_checkpointing"}
     assert 1e-3 <= resolved["learning_rate"] <= 2e-3
     assert resolved["lora_alpha"] == 2 * resolved["lora_r"]
 

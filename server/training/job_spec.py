@@ -24,6 +24,7 @@ class JobSpec:
     checkpoint_dir: Path
     hyperparameters: dict[str, Any]
     pii: str = "off"  # off | redact | reject: what to do with personal identifiers first
+    memory_estimate: dict[str, Any] | None = None  # the API's preflight estimate, reported beside the measured peak
 
     @classmethod
     def from_dict(cls, raw: Any) -> "JobSpec":
@@ -53,6 +54,7 @@ class JobSpec:
             checkpoint_dir=path("checkpoint_dir"),  # type: ignore[arg-type]
             hyperparameters=hyperparameters,
             pii=pii,
+            memory_estimate=raw.get("memory_estimate") if isinstance(raw.get("memory_estimate"), dict) else None,
         )
         if not (spec.base_model_dir / "config.json").is_file():
             raise SpecError(f"base model directory {spec.base_model_dir} has no config.json")

@@ -31,6 +31,7 @@ from tunevault.server.training.events import EventWriter
 from tunevault.server.training.job_data import JobData, prepare_job_data
 from tunevault.server.training.job_spec import JobSpec
 from tunevault.server.training.lr_schedule import make_scheduler
+from tunevault.server.training.memory_estimate import estimate_peak_memory, measured_peak_bytes
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.runtime import seed_everything, set_threads
 from tunevault.server.training.stopping import StopFlag, StopRequested
@@ -40,6 +41,7 @@ log = logging.getLogger("tunevault.worker")
 EVAL_BATCH_ROWS = 16  # no gradients at eval: bigger batches amortise 4-bit dequantisation further
 MAX_STEP_EVENTS = 1000  # long jobs report every k-th step so the event store stays small
 TRAIN_LOSS_TAIL_STEPS = 10  # the reported train_loss is the token-weighted mean of the last steps
+MEMORY_HEADROOM = 0.9  # share of the GPU's free memory a job may plan to use without checkpointing
 
 
 class TrainingDiverged(ValueError):
@@ -111,8 +113,9 @@ class QLoRATrainer:
         started = time.perf_counter()
         seed_everything(int(self.hp["seed"]))
         self.fused_kernels = apply_fused_kernels(model_type(self.spec.base_model_dir), self.device)
-        base = quantized_model.load_quantized_base(self.spec.base_model_dir, self.device, self.compute_dtype)
-        base = quantized_model.prepare_for_training(base, self.device)
+        loaded = quantized_model.load_with_cache(self.spec.base_model_dir, self.device, self.compute_dtype)
+        self.hp["gradient_checkpointing"] = self._gradient_checkpointing()
+        base = quantized_model.prepare_for_training(loaded.model, self.device, self.hp["gradient_checkpointing"])
         # LoRA A matrices are drawn from the torch RNG: seeding right before makes them reproducible.
         torch.manual_seed(int(self.hp["seed"]))
         try:
@@ -139,7 +142,12 @@ class QLoRATrainer:
             f"{self.spec.base_model_dir.name} in 4-bit NF4, compute {str(self.compute_dtype).removeprefix('torch.')} "
             f"on {self.device.type} x{self.threads} threads, LoRA r={self.hp['lora_r']} on "
             f"{', '.join(self.hp['lora_target_modules'])}",
-            {"load_seconds": load_seconds, "trainable_parameters": sum(p.numel() for p in self.params)},
+            {
+                "load_seconds": load_seconds,
+                "trainable_parameters": sum(p.numel() for p in self.params),
+                "quantized_from_cache": float(loaded.from_cache),
+                "gradient_checkpointing": float(self.hp["gradient_checkpointing"]),
+            },
         )
         self.state.fingerprint = self._fingerprint()
         self._resume_if_possible()
@@ -148,13 +156,32 @@ class QLoRATrainer:
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
         return config.get("max_position_embeddings")
 
+    def _gradient_checkpointing(self) -> bool:
+        """As asked; on "auto", only on a GPU that could not hold the job's activations otherwise."""
+        setting = self.hp.get("gradient_checkpointing")
+        if setting is not None:
+            return bool(setting)
+        if self.device.type != "cuda":
+            return False  # a CPU job has memory to spare and no compute to spare
+        free_bytes, _ = torch.cuda.mem_get_info(self.device)
+        config = json.loads((self.spec.base_model_dir / "config.json").read_text())
+        labels = max(r.label_count for r in self.data.train)
+        without = estimate_peak_memory(config, {**self.hp, "gradient_checkpointing": False}, device="cuda",
+                                       label_tokens_per_row=labels)
+        return without.total > MEMORY_HEADROOM * free_bytes
+
     def _fingerprint(self) -> str:
-        """What a checkpoint must agree on to be resumed: data, base model and hyperparameters."""
+        """What a checkpoint must agree on to be resumed: data, base model and hyperparameters.
+
+        Not the switches that leave the arithmetic alone: "auto" checkpointing may decide
+        differently after a restart, and exporting a merged model happens after training.
+        """
+        unchanged_math = {"gradient_checkpointing", "export_merged"}
         parts = {
             "train": _file_digest(self.spec.train_file),
             "validation": _file_digest(self.spec.validation_file),
             "base": str(self.spec.base_model_dir.resolve()),
-            "hyperparameters": self.hp,
+            "hyperparameters": {k: v for k, v in self.hp.items() if k not in unchanged_math},
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -315,6 +342,8 @@ class QLoRATrainer:
             "train_seconds": self.state.train_seconds,
             "tokens_per_second": self.state.trained_tokens / self.state.train_seconds if self.state.train_seconds else None,
             "padding_fraction": self.state.padded_slots / max(1, self.state.trained_tokens + self.state.padded_slots),
+            "peak_memory_bytes": measured_peak_bytes(self.device),
+            "estimated_peak_memory_bytes": (self.spec.memory_estimate or {}).get("total"),
         }
         result = {k: float(v) for k, v in result.items() if v is not None and math.isfinite(float(v))}
         self._export(result)
@@ -356,6 +385,25 @@ class QLoRATrainer:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+        if self.hp.get("export_merged"):
+            self._export_merged(output)
+
+    def _export_merged(self, adapter_dir: Path) -> None:
+        """Base (dequantized from the NF4 weights the adapter was trained on) + adapter, in 16-bit.
+
+        Beside the adapter rather than inside it: the adapter archive stays small, and the merged
+        model is a full copy of the base.
+        """
+        from tunevault.server.training.merge_export import export_merged
+
+        merged = adapter_dir.parent / "merged"
+        report = export_merged(self.spec.base_model_dir, adapter_dir, merged)
+        self.events.emit(
+            "export.merged",
+            f"merged {report.dtype} model: {report.bytes_written / 1e6:.0f} MB in {report.seconds:.1f} s",
+            {"merged_bytes": report.bytes_written, "merged_seconds": report.seconds, "merged_peak_rss_bytes": report.peak_rss_bytes},
+            path=str(merged),
+        )
 
     def run(self) -> dict[str, float]:
         self.setup()
