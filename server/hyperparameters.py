@@ -79,6 +79,9 @@ class Hyperparameters:
     # Recompute activations in the backward pass to save memory, for about a third more compute.
     # None (auto): the worker decides, off unless the job would not fit the device without it.
     gradient_checkpointing: bool | None = None
+    # Stop after this many evals (eval_every) without a lower eval loss, and keep the adapter of
+    # the best eval as the result; 0 = train every step and keep the final adapter.
+    early_stopping_patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,6 +120,7 @@ _RULES: dict[str, _Rule] = {
     "checkpoint_every": _Rule(int, 0, 10_000_000),
     "export_merged": _Rule(bool),
     "gradient_checkpointing": _Rule(bool),
+    "early_stopping_patience": _Rule(int, 0, 1000),
 }
 assert set(_RULES) == {f.name for f in fields(Hyperparameters)}
 
@@ -266,6 +270,7 @@ def resolve(
     out["eval_every"] = hp.eval_every if hp.eval_every is not None else max(1, math.ceil(total / 2))
     out["checkpoint_every"] = hp.checkpoint_every if hp.checkpoint_every is not None else max(1, math.ceil(total / 4))
     # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
+    out["early_stopping_patience"] = hp.early_stopping_patience or 0
     # export_merged and gradient_checkpointing pass through as given (to_dict above): the dataset has
     # no say in them, and "auto" checkpointing needs the device, which only the worker knows.
     return out

@@ -36,6 +36,10 @@ class TrainState:
     base_accuracy: float | None = None
     last_eval_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # step and eval events, for the loss curve
+    best_eval_loss: float | None = None  # early stopping: the lowest eval loss seen, and where
+    best_step: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
     fingerprint: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +99,37 @@ def save_checkpoint(checkpoint_dir: Path, model: Any, optimizer: Any, scheduler:
     for _, old in list_checkpoints(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+BEST_DIR = "best"  # early stopping's best adapter so far, beside the step-N checkpoints
+
+
+def save_best_adapter(checkpoint_dir: Path, model: Any) -> Path:
+    """Write the current adapter as checkpoint_dir/best, atomically (a crash leaves the previous best)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".best-", dir=checkpoint_dir))
+    target = checkpoint_dir / BEST_DIR
+    try:
+        model.save_pretrained(staging)
+        (staging / "README.md").unlink(missing_ok=True)
+        os.chmod(staging, 0o755)
+        previous = checkpoint_dir / ".best-previous"
+        if target.exists():
+            os.rename(target, previous)
+        os.rename(staging, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_best_adapter(checkpoint_dir: Path, model: Any) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(checkpoint_dir / BEST_DIR / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights)
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState:

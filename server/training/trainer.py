@@ -44,6 +44,11 @@ TRAIN_LOSS_TAIL_STEPS = 10  # the reported train_loss is the token-weighted mean
 MEMORY_HEADROOM = 0.9  # share of the GPU's free memory a job may plan to use without checkpointing
 
 
+def perplexity(loss: float) -> float:
+    """exp(mean token cross-entropy); capped where exp would overflow (a loss that high means "untrained")."""
+    return math.exp(min(loss, 700.0))
+
+
 class TrainingDiverged(ValueError):
     """The loss stopped being a number: the hyperparameters (usually the learning rate) are to blame."""
 
@@ -223,11 +228,38 @@ class QLoRATrainer:
         loss = eval_loss(self.model, self.eval_set, self.stop)
         accuracy = self._accuracy() if with_accuracy else None
         self.state.last_eval_loss = loss
-        metrics = {"step": step, "eval_loss": loss}
+        metrics = {"step": step, "eval_loss": loss, "eval_perplexity": perplexity(loss)}
         if accuracy is not None:
             metrics["accuracy"] = accuracy
         self._record(self.events.emit("eval", self._describe(f"step {step}", loss, accuracy), metrics))
         return loss, accuracy
+
+    # Early stopping ---------------------------------------------------------------------
+
+    def _track_best(self, step: int, loss: float) -> None:
+        """Keep the adapter of the best eval so far on disk; count evals since it."""
+        if self.state.best_eval_loss is None or loss < self.state.best_eval_loss:
+            self.state.best_eval_loss, self.state.best_step, self.state.evals_since_best = loss, step, 0
+            checkpoints.save_best_adapter(self.spec.checkpoint_dir, self.model)
+        else:
+            self.state.evals_since_best += 1
+
+    def _should_stop_early(self) -> bool:
+        patience = int(self.hp.get("early_stopping_patience") or 0)
+        return patience > 0 and self.state.evals_since_best >= patience
+
+    def _restore_best_if_better(self, final_loss: float) -> float:
+        """With early stopping on, the job's result is the best evaluated adapter; returns its loss."""
+        best = self.state.best_eval_loss
+        if not self.hp.get("early_stopping_patience") or best is None or best >= final_loss:
+            return final_loss
+        checkpoints.load_best_adapter(self.spec.checkpoint_dir, self.model)
+        self.events.emit(
+            "early_stopping.restored",
+            f"kept the adapter of step {self.state.best_step} (eval loss {best:.4f}; final weights {final_loss:.4f})",
+            {"best_step": self.state.best_step, "best_eval_loss": best, "final_eval_loss": final_loss},
+        )
+        return best
 
     @staticmethod
     def _describe(what: str, loss: float, accuracy: float | None) -> str:
@@ -300,10 +332,21 @@ class QLoRATrainer:
                 self.events.emit("step", f"step {step}/{self.total_steps} loss {metrics['loss']:.4f}", metrics)
             if eval_every and step % eval_every == 0 and step < self.total_steps:
                 try:
-                    self._evaluate(step, with_accuracy=False)
+                    loss, _ = self._evaluate(step, with_accuracy=False)
                 except StopRequested:
                     self.save_checkpoint()  # the step is done; keep it even though its eval is not
                     raise
+                if self.hp.get("early_stopping_patience"):
+                    self._track_best(step, loss)
+                    if self._should_stop_early():
+                        self.state.stopped_early = True
+                        self.events.emit(
+                            "early_stopping",
+                            f"eval loss has not improved for {self.state.evals_since_best} evals since step "
+                            f"{self.state.best_step}; stopping at step {step} of {self.total_steps}",
+                            {"step": step, "best_step": self.state.best_step},
+                        )
+                        return
             if checkpoint_every and step % checkpoint_every == 0 and step < self.total_steps:
                 self.save_checkpoint()
 
@@ -324,16 +367,32 @@ class QLoRATrainer:
         tokens = sum(h["label_tokens"] for h in steps)
         return sum(h["loss"] * h["label_tokens"] for h in steps) / tokens if tokens else float("nan")
 
+    def _final_eval(self) -> tuple[float, float | None]:
+        """Eval loss of the final weights, or of the best ones when early stopping keeps those; then accuracy."""
+        loss = eval_loss(self.model, self.eval_set, self.stop)
+        loss = self._restore_best_if_better(loss)
+        accuracy = self._accuracy()
+        self.state.last_eval_loss = loss
+        metrics = {"step": self.state.step, "eval_loss": loss, "eval_perplexity": perplexity(loss)}
+        if accuracy is not None:
+            metrics["accuracy"] = accuracy
+        self._record(self.events.emit("eval", self._describe(f"step {self.state.step}", loss, accuracy), metrics))
+        return loss, accuracy
+
     def finish(self) -> dict[str, float]:
         """Final eval, then the adapter and metrics.json, written atomically; returns the result metrics."""
         try:
-            eval_final, accuracy = self._evaluate(self.state.step, with_accuracy=True)
+            eval_final, accuracy = self._final_eval()
         except StopRequested:
             self.save_checkpoint()  # all steps are done; a resumed job goes straight to this eval
             raise
         result = {
             "eval_loss": eval_final,
+            "eval_perplexity": perplexity(eval_final),
             "base_eval_loss": self.state.base_eval_loss,
+            "base_eval_perplexity": perplexity(self.state.base_eval_loss) if self.state.base_eval_loss is not None else None,
+            "best_step": self.state.best_step if self.hp.get("early_stopping_patience") else None,
+            "stopped_early": float(self.state.stopped_early),
             "accuracy": accuracy,
             "base_accuracy": self.state.base_accuracy,
             "train_loss": self._train_loss(),
