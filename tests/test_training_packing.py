@@ -116,3 +116,15 @@ def test_packed_stream_sees_the_same_rows_per_step_and_resumes(rows) -> None:
     again = resumed.next_step(2)
     assert all((a.input_ids == b.input_ids).all() for a, b in zip(again, steps[1]))
     assert sum(b.label_tokens for b in steps[0]) > 0
+
+
+def test_fixed_width_pads_packs_to_capacity_and_keeps_the_loss(lora_model, rows) -> None:
+    model, tokenizer = lora_model
+    capacity = 2 * max(len(r.input_ids) for r in rows)
+    varying = packed_micro_batches(rows, capacity, 8, tokenizer.pad_token_id)
+    fixed = packed_micro_batches(rows, capacity, 8, tokenizer.pad_token_id, fixed_width=True)
+    assert all(b.input_ids.shape[1] == capacity for b in fixed)
+    assert [b.tokens for b in fixed] == [b.tokens for b in varying]
+    loss_varying, _ = _loss_and_grads(model, varying)
+    loss_fixed, _ = _loss_and_grads(model, fixed)
+    assert loss_fixed == pytest.approx(loss_varying, rel=1e-5)

@@ -124,14 +124,14 @@ def collate(rows: list[TokenizedRow], pad_token_id: int) -> Batch:
     )
 
 
-def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int) -> Batch:
+def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int, width: int | None = None) -> Batch:
     """One tensor row per pack, its rows end to end with position ids restarting at each row.
 
     The first token of every row is unlabelled, so no row is ever asked to predict the next
     row's start. A shorter pack is filled with padding that forms a document of its own
     (positions from 0, no labels), which nothing else can attend to.
     """
-    width = max(sum(len(r.input_ids) for r in p) for p in packs)
+    width = max(width or 0, max(sum(len(r.input_ids) for r in p) for p in packs))
     input_ids = torch.full((len(packs), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(packs), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(packs), width), dtype=torch.long)
@@ -159,13 +159,20 @@ def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int) -> Batch:
     )
 
 
-def packed_micro_batches(rows: list[TokenizedRow], pack_tokens: int, packs_per_batch: int, pad_token_id: int) -> list[Batch]:
-    """The rows of one optimizer step as packed micro-batches of at most `packs_per_batch` packs."""
+def packed_micro_batches(
+    rows: list[TokenizedRow], pack_tokens: int, packs_per_batch: int, pad_token_id: int, fixed_width: bool = False
+) -> list[Batch]:
+    """The rows of one optimizer step as packed micro-batches of at most `packs_per_batch` packs.
+
+    `fixed_width` pads every pack to `pack_tokens`: on a GPU, kernels planned per shape (cuDNN
+    attention) are then planned once instead of for every new micro-batch width.
+    """
     bins = pack([len(r.input_ids) for r in rows], pack_tokens)
     # Longest packs first, so the packs sharing a micro-batch have similar lengths.
     bins.sort(key=lambda b: -sum(len(rows[i].input_ids) for i in b))
     groups = [bins[i : i + packs_per_batch] for i in range(0, len(bins), packs_per_batch)]
-    return [collate_packed([[rows[i] for i in b] for b in group], pad_token_id) for group in groups]
+    width = pack_tokens if fixed_width else None
+    return [collate_packed([[rows[i] for i in b] for b in group], pad_token_id, width) for group in groups]
 
 
 def eval_batches(rows: list[TokenizedRow], batch_size: int, pad_token_id: int) -> list[Batch]:
@@ -189,6 +196,7 @@ class BatchStream:
         pad_token_id: int,
         position: int = 0,
         pack_tokens: int | None = None,
+        fixed_width: bool = False,
     ) -> None:
         self.rows = rows
         self.lengths = [len(r.input_ids) for r in rows]
@@ -196,6 +204,7 @@ class BatchStream:
         self.seed = seed
         self.pad_token_id = pad_token_id
         self.pack_tokens = pack_tokens
+        self.fixed_width = fixed_width
         self.per_epoch = -(-len(rows) // batch_size)
         self.position = position
         self._plan_epoch: int | None = None
@@ -219,7 +228,7 @@ class BatchStream:
         if self.pack_tokens is None:
             return [self.next() for _ in range(groups)]
         rows = [row for _ in range(groups) for row in self._next_group()]
-        return packed_micro_batches(rows, self.pack_tokens, self.batch_size, self.pad_token_id)
+        return packed_micro_batches(rows, self.pack_tokens, self.batch_size, self.pad_token_id, self.fixed_width)
 
     @property
     def epochs_done(self) -> float:
