@@ -1,10 +1,19 @@
-"""Checking uploaded datasets line by line (pure Python: the API process never imports torch)."""
+"""Checking uploaded datasets line by line (pure Python: the API process never imports torch).
+
+check_dataset takes every format the worker trains on and applies the worker's own row checks
+(training/formats.py, pure Python too), so an upload that passes here does not fail on the same
+rows hours later in the worker. check_chat_jsonl is the older chat-only check, kept for callers.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunevault.server.training.chat_data import FieldError
+from tunevault.server.training.formats import RowParser, open_records
 
 ROLES = ("system", "user", "assistant")
 MAX_ERRORS_REPORTED = 10
@@ -17,11 +26,16 @@ class DatasetCheck:
     row_count: int = 0
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    data_format: str | None = None  # chat, instruction, completion or text (check_dataset only)
+    file_kind: str | None = None  # jsonl, csv or parquet (check_dataset only)
 
     def add_error(self, line_number: int, where: str, reason: str) -> None:
+        self.add_problem(f"line {line_number}", where, reason)
+
+    def add_problem(self, location: str, where: str, reason: str) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_ERRORS_REPORTED:
-            self.errors.append(f"line {line_number}: {where}: {reason}")
+            self.errors.append(f"{location}: {where}: {reason}" if location else f"{where}: {reason}")
 
     @property
     def ok(self) -> bool:
@@ -33,6 +47,28 @@ class DatasetCheck:
         more = self.error_count - len(self.errors)
         tail = f"; and {more} more error(s)" if more > 0 else ""
         return "; ".join(self.errors) + tail
+
+
+def check_dataset(source: Path | Iterable[bytes], data_format: str | None = None) -> DatasetCheck:
+    """Detects the file kind and row format (unless data_format names one) and checks every row.
+
+    Takes a path (needed for Parquet) or lines (JSONL, CSV); either way rows are streamed, never
+    held. Raises DatasetError only for an unknown data_format name.
+    """
+    check = DatasetCheck()
+    with open_records(source, data_format) as opened:
+        parser = RowParser.for_source(opened, data_format)
+        check.file_kind = opened.kind
+        for record in opened.records:
+            location = opened.locate(record.number)
+            try:
+                parser.parse(record, location)
+            except FieldError as problem:
+                check.add_problem(location, problem.field, problem.reason)
+                continue
+            check.row_count += 1
+    check.data_format = parser.data_format
+    return check
 
 
 def check_chat_jsonl(lines: Iterable[bytes]) -> DatasetCheck:

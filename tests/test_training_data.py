@@ -87,6 +87,8 @@ def test_truncation_cuts_labels_and_prompt_keeps_the_generation_header(tmp_path:
     ('{"messages": [{"role": "user", "content": "x"}]}', "last message"),
     ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": []}', "tools"),
     ('[1, 2]', "object"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}', "empty answer"),
+    ('{"prompt": "x", "completion": "y"}', "messages: missing"),
 ])
 def test_malformed_lines_are_reported_with_their_line_number(tmp_path: Path, bad_line: str, reason: str) -> None:
     good = json.dumps(_chat(("user", "x"), ("assistant", "y")))
@@ -94,6 +96,14 @@ def test_malformed_lines_are_reported_with_their_line_number(tmp_path: Path, bad
     with pytest.raises(DatasetError) as caught:
         read_chat_jsonl(path)
     assert "line 3" in str(caught.value) and reason in str(caught.value)
+
+
+def test_read_chat_jsonl_reads_a_bom_and_weight_zero_empty_context(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "", "weight": 0},
+                        {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")
+    assert [m.trainable for m in read_chat_jsonl(path)[0].messages] == [True, False, True, True]
 
 
 def test_empty_file_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunevault.server.config import ServerConfig
-from tunevault.server.datasets import check_chat_jsonl
+from tunevault.server.datasets import check_dataset
 from tunevault.server.errors import InvalidArgument, ResourceExhausted
 from tunevault.server.store import DatasetRecord, Store
 from tunevault.server.store.ids import new_id
@@ -40,8 +40,7 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     temporary = final_path.with_suffix(".incoming")
     try:
         sha256, size = _write_chunks(requests, temporary, max_bytes, limit_name)
-        with temporary.open("rb") as handle:
-            check = check_chat_jsonl(handle)
+        check = check_dataset(temporary)
         if not check.ok:
             raise InvalidArgument("dataset", check.summary())
         if check.row_count > config.max_dataset_rows:

@@ -1,5 +1,7 @@
 """A job's data, ready to train on: read and check the files, split off validation, resolve "auto" hyperparameters, tokenize.
 
+Files come in any supported format (formats.py), detected unless the job names one.
+
 Hyperparameters are resolved here because "auto" choices depend on the data: the validation
 split and the step count on the row count, max_seq_len on the longest tokenized row.
 """
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tunevault.server import hyperparameters as hp
-from tunevault.server.training.chat_data import DatasetError, read_chat_jsonl, split_validation
+from tunevault.server.training.chat_data import DatasetError, split_validation
 from tunevault.server.training.evaluation import AccuracyExample
-from tunevault.server.training.tokenization import TokenizedRow, prompt_ids, tokenize_row, truncate_row
+from tunevault.server.training.formats import TrainingRow, read_dataset
+from tunevault.server.training.tokenization import TokenizedRow, accuracy_prompt_ids, tokenize_example, truncate_row
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class JobData:
     hyperparameters: dict[str, Any]  # fully resolved
     dropped_train_rows: int  # rows whose every answer token fell past max_seq_len
     truncated_rows: int
+    data_format: str = "chat"  # of the training file: chat, instruction, completion or text
 
     @property
     def train_tokens(self) -> int:
@@ -34,14 +38,35 @@ def _fits(rows: list[TokenizedRow]) -> list[TokenizedRow]:
     return [r for r in rows if r.label_count > 0]
 
 
+def _accuracy_examples(tokenizer: Any, rows: list[TrainingRow], limit: int, max_len: int) -> list[AccuracyExample]:
+    """Up to `limit` validation rows that ask something (a text row asks nothing), as generation prompts."""
+    examples: list[AccuracyExample] = []
+    for row in rows:
+        if len(examples) >= limit:
+            break
+        prompt = accuracy_prompt_ids(tokenizer, row, max_len)
+        if prompt is not None:
+            reference_tokens = len(tokenizer(row.reference_answer, add_special_tokens=False)["input_ids"])
+            examples.append(AccuracyExample(prompt, row.reference_answer, reference_tokens))
+    return examples
+
+
 def prepare_job_data(
-    tokenizer: Any, train_file: Path, validation_file: Path | None, requested: hp.Hyperparameters
+    tokenizer: Any,
+    train_file: Path,
+    validation_file: Path | None,
+    requested: hp.Hyperparameters,
+    data_format: str | None = None,
 ) -> JobData:
-    """Everything the training loop and the evals need from the dataset files."""
-    file_rows = read_chat_jsonl(train_file)
+    """Everything the training loop and the evals need from the dataset files.
+
+    data_format names the row format both files must have; None detects it per file.
+    """
+    dataset = read_dataset(train_file, data_format)
+    file_rows = dataset.rows
     seed = requested.seed if requested.seed is not None else hp.AUTO_SEED
     if validation_file is not None:
-        train_rows, validation_rows = file_rows, read_chat_jsonl(validation_file)
+        train_rows, validation_rows = file_rows, read_dataset(validation_file, data_format).rows
     else:
         fraction = (
             requested.validation_fraction
@@ -52,8 +77,8 @@ def prepare_job_data(
             file_rows, hp.validation_split_size(len(file_rows), fraction), seed
         )
 
-    train_full = [tokenize_row(tokenizer, row) for row in train_rows]
-    validation_full = [tokenize_row(tokenizer, row) for row in validation_rows]
+    train_full = [tokenize_example(tokenizer, row) for row in train_rows]
+    validation_full = [tokenize_example(tokenizer, row) for row in validation_rows]
     resolved = hp.resolve(
         requested,
         train_rows=len(file_rows),
@@ -74,15 +99,7 @@ def prepare_job_data(
     if not kept_validation:
         raise DatasetError(f"no validation row has an answer token within max_seq_len={max_seq_len}")
 
-    limit = resolved["eval_accuracy_max_examples"]
-    accuracy = [
-        AccuracyExample(
-            prompt_ids=prompt_ids(tokenizer, row, max_seq_len),
-            reference=row.reference_answer,
-            reference_tokens=len(tokenizer(row.reference_answer, add_special_tokens=False)["input_ids"]),
-        )
-        for row in validation_rows[:limit]
-    ]
+    accuracy = _accuracy_examples(tokenizer, validation_rows, resolved["eval_accuracy_max_examples"], max_seq_len)
     return JobData(
         train=kept_train,
         validation=kept_validation,
@@ -90,4 +107,5 @@ def prepare_job_data(
         hyperparameters=resolved,
         dropped_train_rows=len(train) - len(kept_train),
         truncated_rows=truncated,
+        data_format=dataset.data_format,
     )

@@ -1,4 +1,4 @@
-"""Tokenizing chats with the base model's chat template, and the loss mask: only assistant answers are learnt.
+"""Tokenizing training rows and their loss mask: chats through the chat template, plain text without one.
 
 The template is rendered once per prefix: rendering messages[:i] with the generation prompt and
 then messages[:i+1] gives the exact characters of assistant answer i (its content, the
@@ -7,6 +7,9 @@ tokens through the tokenizer's offsets, so the mask is right however the tokeniz
 at the boundaries. Labelled: the answer and its end-of-turn token (so the model learns to stop);
 not labelled: everything after that token (e.g. the template's trailing newline), system and
 user turns, and the assistant header.
+
+Plain text rows (prompt/completion and text) skip the template: prompt tokens, completion tokens,
+EOS; the completion and the EOS are learnt, so the model learns where to stop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunevault.server.training.chat_data import ChatRow, DatasetError
+from tunevault.server.training.formats import TextRow, TrainingRow
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 
@@ -74,6 +78,42 @@ def tokenize_row(tokenizer: Any, row: ChatRow) -> TokenizedRow:
     return TokenizedRow(input_ids=input_ids, labels=labels, line_number=row.line_number, truncated=False)
 
 
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _bos_prefix(tokenizer: Any) -> list[int]:
+    """[BOS] when the tokenizer starts plain text with it (Llama does), else nothing (SmolLM2, GPT-2)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
+
+
+def tokenize_text_row(tokenizer: Any, row: TextRow) -> TokenizedRow:
+    """BOS (if the tokenizer uses one) + prompt + completion + EOS; the completion and the EOS are labelled."""
+    if tokenizer.eos_token_id is None:
+        raise DatasetError("the tokenizer has no EOS token: prompt/completion and text rows need one to end on")
+    # Prompt and completion are tokenized apart and the ids joined: tokenizing them as one string
+    # can merge the prompt's last characters with the completion's first into one token (e.g.
+    # "->" + "x"), leaving no clean boundary to mask at and conditioning training on ids the prompt
+    # alone never produces. Joined ids keep the prompt's tokens exactly what generation starts from.
+    context = _bos_prefix(tokenizer) + _plain_ids(tokenizer, row.prompt)
+    answer = _plain_ids(tokenizer, row.completion) + [tokenizer.eos_token_id]
+    labels = [IGNORE_INDEX] * len(context) + answer
+    # Nothing predicts the first token, so a prompt-less text row cannot learn it.
+    labels[0] = IGNORE_INDEX
+    return TokenizedRow(input_ids=context + answer, labels=labels, line_number=row.line_number, truncated=False)
+
+
+def tokenize_example(tokenizer: Any, row: TrainingRow) -> TokenizedRow:
+    """Token ids and labels for any training row."""
+    if isinstance(row, TextRow):
+        return tokenize_text_row(tokenizer, row)
+    return tokenize_row(tokenizer, row)
+
+
 def truncate_row(row: TokenizedRow, max_seq_len: int) -> TokenizedRow:
     """Cut a row on the right to max_seq_len tokens (answers past the cut lose their labels)."""
     if len(row.input_ids) <= max_seq_len:
@@ -87,3 +127,12 @@ def prompt_ids(tokenizer: Any, row: ChatRow, max_len: int) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     # Keep the end: the assistant header and the question matter more than the opening of a long chat.
     return list(ids[-max_len:])
+
+
+def accuracy_prompt_ids(tokenizer: Any, row: TrainingRow, max_len: int) -> list[int] | None:
+    """The ids exact-match accuracy generates from, or None for a text row (it has no question)."""
+    if isinstance(row, ChatRow):
+        return prompt_ids(tokenizer, row, max_len)
+    if not row.prompt:
+        return None
+    return (_bos_prefix(tokenizer) + _plain_ids(tokenizer, row.prompt))[-max_len:]
