@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +293,50 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_FILES = ("metrics.json", "report.md", "loss_curve.png")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The report travels inside the adapter archive: fetch it into a scratch folder, keep only what was asked."""
+    with tempfile.TemporaryDirectory(prefix="tunevault-report-") as scratch:
+        with _client(args) as client:
+            archive = client.download_artifact(args.job, Path(scratch))
+        found = _extract_report(archive, Path(scratch) / "report")
+        if "metrics.json" not in found:
+            raise SystemExit(f"job {args.job}'s archive has no metrics.json")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for path in found.values():
+                shutil.copyfile(path, args.out / path.name)
+            _say(f"saved {', '.join(sorted(found))} in {args.out}")
+        if args.json:
+            _print_json(json.loads(found["metrics.json"].read_text()))
+        elif "report.md" in found:
+            print(found["report.md"].read_text(), end="")
+        else:
+            raise SystemExit(f"job {args.job} has no report.md (it finished before reports existed); "
+                             "--json prints its metrics")
+    return 0
+
+
+def _extract_report(archive: Path, target: Path) -> dict[str, Path]:
+    """The report files at the archive's top folder, read member by member so no archive path is trusted."""
+    target.mkdir()
+    found = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                name = Path(member.name)
+                if member.isfile() and len(name.parts) == 2 and name.name in REPORT_FILES:
+                    source = tar.extractfile(member)
+                    if source is not None:
+                        (target / name.name).write_bytes(source.read())
+                        found[name.name] = target / name.name
+    except tarfile.TarError as error:
+        raise SystemExit(f"the archive of this job is unreadable: {error}") from error
+    return found
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     if bool(args.base) == bool(args.job):
         raise SystemExit("give either JOB or --base MODEL")
@@ -517,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     download = add("download", cmd_download, "download a finished job's adapter archive")
     download.add_argument("job")
     download.add_argument("-o", "--output", type=Path, default=Path("."), help="file or folder")
+
+    report = add("report", cmd_report, "print a finished job's report (--json: its metrics.json)")
+    report.add_argument("job")
+    report.add_argument("--out", type=Path, help="also save metrics.json, report.md and loss_curve.png in this folder")
 
     generate = add("generate", cmd_generate, "complete a prompt with a job's adapter (or --base MODEL)")
     generate.add_argument("job", nargs="?")

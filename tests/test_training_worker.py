@@ -55,7 +55,8 @@ def test_worker_trains_and_writes_adapter_and_metrics(finished: WorkerRun, jobs:
     assert result["eval_loss"] < result["base_eval_loss"]
 
     artifacts = jobs / "job-a" / "artifacts"
-    assert {p.name for p in artifacts.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "metrics.json"}
+    assert {p.name for p in artifacts.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "metrics.json",
+                                                     "loss_curve.png", "report.md"}
     metrics = json.loads((artifacts / "metrics.json").read_text())
     assert metrics["result"] == result
     assert metrics["hyperparameters"]["max_steps"] == 6 and metrics["hyperparameters"]["learning_rate"] > 0

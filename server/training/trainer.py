@@ -33,6 +33,7 @@ from tunevault.server.training.job_spec import JobSpec
 from tunevault.server.training.lr_schedule import make_scheduler
 from tunevault.server.training.memory_estimate import estimate_peak_memory, measured_peak_bytes
 from tunevault.server.training.objective import summed_token_loss
+from tunevault.server.training.report import write_report
 from tunevault.server.training.runtime import seed_everything, set_threads
 from tunevault.server.training.stopping import StopFlag, StopRequested
 
@@ -440,6 +441,10 @@ class QLoRATrainer:
                 "history": self.state.history,
             }
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+            try:
+                write_report(staging, metrics)
+            except Exception:  # noqa: BLE001 - a picture must not fail a finished training
+                log.exception("could not write the job report; the adapter and metrics.json are kept")
             os.chmod(staging, 0o755)
             if output.exists():
                 # A previous attempt finished exporting but not reporting; this run's result replaces it.
