@@ -229,3 +229,31 @@ def test_benchmark_targets_hold_on_the_labelled_set():
     assert sum(len(r["entities"]) for r in rows) >= 300
     overall = pii_bench.evaluate(rows, show_errors=False)["overall"]
     assert overall["recall"] >= 0.95 and overall["precision"] >= 0.90, overall
+
+
+def test_redact_keeps_the_format_of_csv_and_prompt_completion_datasets(tmp_path) -> None:
+    import io as _io
+    import json as _json
+    from pathlib import Path as _Path
+
+    from tunevault.server.training.events import EventWriter
+    from tunevault.server.training.formats import read_dataset
+    from tunevault.server.training.job_spec import JobSpec
+    from tunevault.server.training.pii_step import apply_pii
+
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text('instruction,input,output\nRoute this note,"Write to jane.doe@example.com today",cardiology\n')
+    jsonl = tmp_path / "validation.jsonl"
+    jsonl.write_text(_json.dumps({"prompt": "Call 617-555-0142 about", "completion": " the scan"}) + "\n")
+    spec = JobSpec(job_id="j", base_model_dir=_Path("unused"), train_file=csv_file, validation_file=jsonl,
+                   output_dir=tmp_path / "job" / "artifacts", checkpoint_dir=tmp_path / "job" / "checkpoints",
+                   hyperparameters={}, pii="redact")
+    scrubbed = apply_pii(spec, EventWriter(_io.StringIO()))
+
+    train = read_dataset(scrubbed.train_file)
+    assert train.data_format == "chat" and "jane.doe" not in scrubbed.train_file.read_text()
+    assert "[EMAIL]" in train.rows[0].messages[0].content
+    validation = read_dataset(scrubbed.validation_file)
+    assert validation.data_format == "completion" and "[PHONE]" in validation.rows[0].prompt
+    assert validation.rows[0].completion == " the scan"
+    assert sorted(p.name for p in (tmp_path / "job" / "scrubbed").iterdir()) == ["train_file.jsonl", "validation_file.jsonl"]
