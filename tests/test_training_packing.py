@@ -101,12 +101,16 @@ def test_packed_rows_restart_positions_and_never_predict_the_next_rows_start(row
     assert batch.tokens == sum(len(r.input_ids) for r in rows[:3])
 
 
-def test_first_fit_decreasing_fills_bins_and_keeps_every_row() -> None:
+def test_packing_fills_bins_evenly_and_keeps_every_row() -> None:
     lengths = [(i * 53) % 97 + 3 for i in range(200)]
     bins = pack(lengths, 128)
     assert sorted(i for b in bins for i in b) == list(range(200))
     assert all(sum(lengths[i] for i in b) <= 128 for b in bins)
     assert len(bins) <= -(-sum(lengths) // 128) * 1.1 + 1  # close to the lower bound
+    fills = [sum(lengths[i] for i in b) for b in bins]
+    assert max(fills) - min(fills) <= max(lengths)  # even: little padding when bins share a batch
+    # Four rows (519 tokens) need two bins of 512: split 278 + 241, not first-fit's 413 + 106.
+    assert sorted(sum([172, 106, 123, 118][i] for i in b) for b in pack([172, 106, 123, 118], 512)) == [241, 278]
 
 
 def test_packed_stream_sees_the_same_rows_per_step_and_resumes(rows) -> None:

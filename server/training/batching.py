@@ -63,23 +63,29 @@ def epoch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: indices into `lengths` grouped into bins of at most `capacity` tokens.
+    """Indices into `lengths` grouped into as few bins of at most `capacity` tokens as fit, evenly filled.
 
+    Bins are padded to the longest one when they share a micro-batch, so even fill matters as
+    much as few bins: rows go longest first into the emptiest bin that has room (LPT scheduling),
+    starting from the fewest bins the total allows and adding one only when a row fits nowhere.
     A row longer than the capacity gets a bin of its own (rows are truncated to max_seq_len
     before this, so with capacity >= max_seq_len that never happens).
     """
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for b, free in enumerate(room):
-            if lengths[i] <= free:
-                bins[b].append(i)
-                room[b] -= lengths[i]
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    count = max(1, -(-sum(lengths) // capacity))
+    while True:
+        bins: list[list[int]] = [[] for _ in range(count)]
+        filled = [0] * count
+        for i in order:
+            fits = [b for b in range(count) if filled[b] + lengths[i] <= capacity or not bins[b]]
+            if not fits:
                 break
+            b = min(fits, key=lambda b: (filled[b], b))
+            bins[b].append(i)
+            filled[b] += lengths[i]
         else:
-            bins.append([i])
-            room.append(capacity - lengths[i])
-    return bins
+            return [b for b in bins if b]
+        count += 1
 
 
 def _logit_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
