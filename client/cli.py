@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from tunevault.client.client import DEFAULT_ADDRESS, Client
 from tunevault.client.watch import watch_job
 from tunevault.v1 import tunevault_pb2 as pb
+DATA_FORMATS = ("chat", "instruction", "completion", "text")
 
 
 def _say(message: str) -> None:
@@ -100,7 +101,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        dataset = client.upload_dataset(args.file)
+        dataset = client.upload_dataset(args.file, data_format=args.format)
     if args.json:
         _print_json(dataset)
     else:
@@ -112,11 +113,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     hyperparameters = _parse_sets(args.set)
     with _client(args) as client:
-        train = client.upload_dataset(args.file)
+        train = client.upload_dataset(args.file, data_format=args.format)
         _say(f"uploaded {args.file}: {train.row_count} rows ({train.id})")
         validation_id = ""
         if args.validation_file:
-            validation = client.upload_dataset(args.validation_file)
+            validation = client.upload_dataset(args.validation_file, data_format=args.format)
             validation_id = validation.id
             _say(f"uploaded {args.validation_file}: {validation.row_count} rows ({validation.id})")
         job = client.create_job(train.id, args.model, hyperparameters, validation_dataset_id=validation_id,
@@ -503,12 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="import: the model store directory")
 
     upload = add("upload", cmd_upload, "upload a dataset; prints its id")
-    upload.add_argument("file", type=Path)
+    upload.add_argument("file", type=Path, help="JSONL, CSV (with a header) or Parquet")
+    upload.add_argument("--format", choices=DATA_FORMATS, help="the row format (default: detected)")
 
     submit = add("submit", cmd_submit, "upload a dataset and create a job; prints the job id")
     submit.add_argument("file", type=Path)
     submit.add_argument("--model", required=True, help="base model, as `tunevault models` lists it")
     submit.add_argument("--validation-file", type=Path)
+    submit.add_argument("--format", choices=DATA_FORMATS, help="the files' row format (default: detected)")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
     submit.add_argument("--name", help="a label for people")
     submit.add_argument("--idempotency-key", help="retrying with the same key never makes a second job")

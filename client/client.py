@@ -64,10 +64,16 @@ class Client:
 
     # Datasets ------------------------------------------------------------------------
 
-    def upload_dataset(self, path: Path, name: str | None = None, timeout: float | None = None) -> pb.Dataset:
+    def upload_dataset(self, path: Path, name: str | None = None, timeout: float | None = None,
+                       data_format: str | None = None) -> pb.Dataset:
+        """Upload a JSONL, CSV or Parquet file; `data_format` (chat, instruction, completion, text)
+        names the row format instead of letting the server detect it."""
+        fmt = pb.DATASET_FORMAT_UNSPECIFIED
+        if data_format:
+            fmt = pb.DatasetFormat.Value(f"DATASET_FORMAT_{data_format.upper()}")
+
         def requests() -> Iterator[pb.UploadDatasetRequest]:
-            yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name or path.name,
-                                                                      format=pb.DATASET_FORMAT_CHAT_JSONL))
+            yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name or path.name, format=fmt))
             with path.open("rb") as handle:
                 for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
                     yield pb.UploadDatasetRequest(chunk=chunk)

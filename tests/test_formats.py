@@ -321,3 +321,20 @@ def test_worker_trains_on_a_prompt_completion_parquet(tmp_path: Path, tiny_model
     assert run.returncode == 0, run.log
     assert run.events[-1]["type"] == "result" and run.events[-1]["metrics"]["steps"] == 4
     assert run.events[-1]["metrics"]["eval_loss"] < run.events[-1]["metrics"]["base_eval_loss"]
+
+
+def test_an_upload_may_name_its_format_and_a_mismatch_is_refused_with_the_line(server, tmp_path: Path) -> None:
+    import grpc
+
+    from tunevault.v1 import tunevault_pb2 as pb
+
+    csv_file = tmp_path / "notes.csv"
+    csv_file.write_text("prompt,completion\nThe patient reports,chest pain\n")
+    with server.client() as client:
+        dataset = client.upload_dataset(csv_file, data_format="completion")
+        assert dataset.format == pb.DATASET_FORMAT_COMPLETION and dataset.row_count == 1
+        assert client.upload_dataset(csv_file).format == pb.DATASET_FORMAT_COMPLETION  # detected
+        with pytest.raises(grpc.RpcError) as refused:
+            client.upload_dataset(csv_file, data_format="text")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "line 1" in refused.value.details() and "text" in refused.value.details()

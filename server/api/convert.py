@@ -12,6 +12,13 @@ from tunevault.v1 import tunevault_pb2 as pb
 
 _SCALAR_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.name != "lora_target_modules"]
 
+# The row format stored with a dataset -> its enum ("chat_jsonl": datasets uploaded before formats).
+DATASET_FORMATS = {
+    "chat_jsonl": pb.DATASET_FORMAT_CHAT, "chat": pb.DATASET_FORMAT_CHAT,
+    "instruction": pb.DATASET_FORMAT_INSTRUCTION, "completion": pb.DATASET_FORMAT_COMPLETION,
+    "text": pb.DATASET_FORMAT_TEXT,
+}
+
 
 def timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
@@ -56,7 +63,7 @@ def job_state_from_proto(value: int) -> JobState:
 def dataset_to_proto(record: DatasetRecord) -> pb.Dataset:
     return pb.Dataset(
         id=record.id, name=record.name, sha256=record.sha256, row_count=record.row_count,
-        size_bytes=record.size_bytes, format=pb.DATASET_FORMAT_CHAT_JSONL, created_at=timestamp(record.created_at),
+        size_bytes=record.size_bytes, format=DATASET_FORMATS.get(record.format, pb.DATASET_FORMAT_UNSPECIFIED), created_at=timestamp(record.created_at),
     )
 
 

@@ -16,6 +16,16 @@ from tunevault.v1 import tunevault_pb2 as pb
 
 MAX_NAME_CHARS = 200
 
+# What an upload's metadata.format asks for: None detects the row format from the rows.
+FORMAT_OVERRIDES: dict[int, str | None] = {
+    pb.DATASET_FORMAT_UNSPECIFIED: None,
+    pb.DATASET_FORMAT_CHAT_JSONL: None,
+    pb.DATASET_FORMAT_CHAT: "chat",
+    pb.DATASET_FORMAT_INSTRUCTION: "instruction",
+    pb.DATASET_FORMAT_COMPLETION: "completion",
+    pb.DATASET_FORMAT_TEXT: "text",
+}
+
 
 def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, config: ServerConfig, *,
                     tenant: str, max_bytes: int, limit_name: str) -> DatasetRecord:
@@ -30,8 +40,9 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     metadata = first.metadata
     if len(metadata.name) > MAX_NAME_CHARS:
         raise InvalidArgument("metadata.name", f"longer than {MAX_NAME_CHARS} characters")
-    if metadata.format not in (pb.DATASET_FORMAT_UNSPECIFIED, pb.DATASET_FORMAT_CHAT_JSONL):
+    if metadata.format not in FORMAT_OVERRIDES:
         raise InvalidArgument("metadata.format", f"unsupported dataset format {metadata.format}")
+    override = FORMAT_OVERRIDES[metadata.format]
 
     dataset_id = new_id("ds")
     relative = Path("datasets") / f"{dataset_id}.jsonl"
@@ -40,7 +51,7 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     temporary = final_path.with_suffix(".incoming")
     try:
         sha256, size = _write_chunks(requests, temporary, max_bytes, limit_name)
-        check = check_dataset(temporary)
+        check = check_dataset(temporary, override)
         if not check.ok:
             raise InvalidArgument("dataset", check.summary())
         if check.row_count > config.max_dataset_rows:
@@ -50,7 +61,7 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
         temporary.unlink(missing_ok=True)
     return store.insert_dataset(
         dataset_id=dataset_id, name=metadata.name or dataset_id, sha256=sha256, row_count=check.row_count,
-        size_bytes=size, format="chat_jsonl", path=str(relative), tenant=tenant,
+        size_bytes=size, format=check.data_format or "chat", path=str(relative), tenant=tenant,
     )
 
 

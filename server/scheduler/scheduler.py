@@ -195,6 +195,10 @@ class Scheduler:
             "checkpoint_dir": str(job_dir / "checkpoints"),
             "hyperparameters": resolved,
             "pii": job.pii_mode,
+            # The format the upload named or detected, so the worker reads the rows the same way.
+            "data_format": train.format if train.format != "chat_jsonl" else None,
+            "validation_data_format": (validation.format if validation.format != "chat_jsonl" else None)
+            if validation else None,
             "memory_estimate": self._memory_estimate(model_dir, job, train.path, train.row_count, validation is not None),
         }
         temporary = job_dir / "spec.json.tmp"

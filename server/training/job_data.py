@@ -57,16 +57,17 @@ def prepare_job_data(
     validation_file: Path | None,
     requested: hp.Hyperparameters,
     data_format: str | None = None,
+    validation_data_format: str | None = None,
 ) -> JobData:
     """Everything the training loop and the evals need from the dataset files.
 
-    data_format names the row format both files must have; None detects it per file.
+    data_format and validation_data_format name each file's row format; None detects it.
     """
     dataset = read_dataset(train_file, data_format)
     file_rows = dataset.rows
     seed = requested.seed if requested.seed is not None else hp.AUTO_SEED
     if validation_file is not None:
-        train_rows, validation_rows = file_rows, read_dataset(validation_file, data_format).rows
+        train_rows, validation_rows = file_rows, read_dataset(validation_file, validation_data_format).rows
     else:
         fraction = (
             requested.validation_fraction

@@ -24,6 +24,8 @@ class JobSpec:
     checkpoint_dir: Path
     hyperparameters: dict[str, Any]
     pii: str = "off"  # off | redact | reject: what to do with personal identifiers first
+    data_format: str | None = None  # chat | instruction | completion | text; None detects it
+    validation_data_format: str | None = None
     memory_estimate: dict[str, Any] | None = None  # the API's preflight estimate, reported beside the measured peak
 
     @classmethod
@@ -54,6 +56,8 @@ class JobSpec:
             checkpoint_dir=path("checkpoint_dir"),  # type: ignore[arg-type]
             hyperparameters=hyperparameters,
             pii=pii,
+            data_format=raw.get("data_format") or None,
+            validation_data_format=raw.get("validation_data_format") or None,
             memory_estimate=raw.get("memory_estimate") if isinstance(raw.get("memory_estimate"), dict) else None,
         )
         if not (spec.base_model_dir / "config.json").is_file():

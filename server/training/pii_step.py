@@ -45,7 +45,10 @@ def apply_pii(spec: JobSpec, events: EventWriter) -> JobSpec:
             where = "; ".join(summary["locations"])
             raise DatasetError(f"{field}: personal identifiers found (pii=reject): {where}")
         replaced[field] = target
-    return dataclasses.replace(spec, **replaced) if spec.pii == "redact" else spec
+    if spec.pii != "redact":
+        return spec
+    # The scrubbed copies may be chats where the uploads were instruction rows: detect them afresh.
+    return dataclasses.replace(spec, **replaced, data_format=None, validation_data_format=None)
 
 
 def as_chat_jsonl(path: Path, scratch: Path) -> tuple[Path, str | None]:

@@ -86,7 +86,10 @@ class QLoRATrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.data: JobData = prepare_job_data(self.tokenizer, self.spec.train_file, self.spec.validation_file, requested)
+        self.data: JobData = prepare_job_data(
+            self.tokenizer, self.spec.train_file, self.spec.validation_file, requested,
+            data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
+        )
         self.hp = self.data.hyperparameters
         positions = self._max_positions()
         if positions and int(self.hp["max_seq_len"]) > positions:

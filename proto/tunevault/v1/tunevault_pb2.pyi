@@ -27,6 +27,10 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DATASET_FORMAT_UNSPECIFIED: _ClassVar[DatasetFormat]
     DATASET_FORMAT_CHAT_JSONL: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_CHAT: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_INSTRUCTION: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_COMPLETION: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_TEXT: _ClassVar[DatasetFormat]
 
 class PiiMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +57,10 @@ JOB_STATE_PAUSING: JobState
 JOB_STATE_PAUSED: JobState
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_CHAT_JSONL: DatasetFormat
+DATASET_FORMAT_CHAT: DatasetFormat
+DATASET_FORMAT_INSTRUCTION: DatasetFormat
+DATASET_FORMAT_COMPLETION: DatasetFormat
+DATASET_FORMAT_TEXT: DatasetFormat
 PII_MODE_UNSPECIFIED: PiiMode
 PII_MODE_OFF: PiiMode
 PII_MODE_REDACT: PiiMode
