@@ -168,11 +168,16 @@ class Engine:
             self._load_base(request.base_model_dir)
         use_adapter = self._activate(request.adapter_dir)
         tokenizer = self.tokenizer
-        messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
-            {"role": "user", "content": request.prompt}
-        ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=self.device)
+        if use_adapter and trained_on_plain_text(request.adapter_dir):
+            # Prompt/completion and text adapters learnt to continue raw text, as they were trained.
+            ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        else:
+            messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
+                {"role": "user", "content": request.prompt}
+            ]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids = torch.tensor([ids], device=self.device)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and input_ids.shape[1] + request.max_tokens > limit:
             raise RequestError(f"prompt ({input_ids.shape[1]} tokens) plus max_tokens exceeds the model's {limit}")
@@ -209,6 +214,17 @@ class Engine:
         if cut >= 0:
             completion = completion[:cut]
         return Completion(text=completion, tokens=produced)
+
+
+def trained_on_plain_text(adapter_dir: Path | None) -> bool:
+    """Whether the job behind an adapter trained on prompt/completion or text rows (no chat template)."""
+    if adapter_dir is None:
+        return False
+    try:
+        metrics = json.loads((Path(adapter_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False  # adapters from before formats existed were all chats
+    return metrics.get("data", {}).get("format") in ("completion", "text")
 
 
 def serve(stdin: Any, stdout: Any) -> int:

@@ -96,3 +96,17 @@ def test_bad_requests_get_errors_and_the_process_carries_on(inference: Inference
     assert "max_tokens" in inference.ask(**_request(tiny_models_dir / "tiny-llama", None, max_tokens=0))["error"]
     assert "adapter_dir" in inference.ask(**_request(tiny_models_dir / "tiny-llama", tmp_path))["error"]
     assert "text" in inference.ask(**_request(tiny_models_dir / "tiny-llama", None))
+
+
+def test_adapters_trained_on_plain_text_are_prompted_without_the_chat_template(tmp_path: Path) -> None:
+    import json as _json
+
+    from tunevault.server.inference import trained_on_plain_text
+
+    for data_format, plain in (("completion", True), ("text", True), ("chat", False), ("instruction", False)):
+        adapter = tmp_path / data_format
+        adapter.mkdir()
+        (adapter / "metrics.json").write_text(_json.dumps({"data": {"format": data_format}}))
+        assert trained_on_plain_text(adapter) is plain
+    assert trained_on_plain_text(None) is False
+    assert trained_on_plain_text(tmp_path / "missing") is False  # adapters from before formats: chats

@@ -428,6 +428,7 @@ class QLoRATrainer:
                 "result": result,
                 "hyperparameters": self.hp,
                 "data": {
+                    "format": self.data.data_format,
                     "train_rows": len(self.data.train),
                     "validation_rows": len(self.data.validation),
                     "accuracy_examples": len(self.data.accuracy_examples),
