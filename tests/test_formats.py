@@ -338,3 +338,23 @@ def test_an_upload_may_name_its_format_and_a_mismatch_is_refused_with_the_line(s
             client.upload_dataset(csv_file, data_format="text")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "line 1" in refused.value.details() and "text" in refused.value.details()
+
+
+def test_job_data_counts_duplicates_overlap_and_rows_that_teach_stopping(tmp_path: Path, tokenizer) -> None:
+    chat = lambda user, answer: json.dumps({"messages": [{"role": "user", "content": user},  # noqa: E731
+                                                         {"role": "assistant", "content": answer}]})
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join([chat("a", "x"), chat("a", "x"), chat("b", "y"), chat("c", "z")]) + "\n")
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("\n".join([chat("c", "z"), chat("d", "w")]) + "\n")
+    data = prepare_job_data(tokenizer, train, validation, hp.validate({"max_steps": 1}))
+    assert data.duplicate_train_rows == 1 and data.overlap_rows == 1
+    assert data.rows_learning_to_stop == 4  # every answer is labelled through <|im_end|>
+    warnings = data.warnings(tokenizer.eos_token)
+    assert any("repeat an earlier row" in w for w in warnings) and any("also appear" in w for w in warnings)
+    assert not any("never stop" in w for w in warnings)
+
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "a document"}) + "\n")
+    plain = prepare_job_data(tokenizer, text, text, hp.validate({"max_steps": 1}))
+    assert plain.rows_learning_to_stop == 1  # EOS is appended to text rows and labelled

@@ -16,7 +16,13 @@ from tunevault.server import hyperparameters as hp
 from tunevault.server.training.chat_data import DatasetError, split_validation
 from tunevault.server.training.evaluation import AccuracyExample
 from tunevault.server.training.formats import TrainingRow, read_dataset
-from tunevault.server.training.tokenization import TokenizedRow, accuracy_prompt_ids, tokenize_example, truncate_row
+from tunevault.server.training.tokenization import (
+    IGNORE_INDEX,
+    TokenizedRow,
+    accuracy_prompt_ids,
+    tokenize_example,
+    truncate_row,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,27 @@ class JobData:
     dropped_train_rows: int  # rows whose every answer token fell past max_seq_len
     truncated_rows: int
     data_format: str = "chat"  # of the training file: chat, instruction, completion or text
+    duplicate_train_rows: int = 0  # rows whose tokens repeat an earlier row's exactly
+    rows_learning_to_stop: int = 0  # training rows whose labels include the token generation stops at
+    overlap_rows: int = 0  # validation rows that also appear in the training data
+
+    def warnings(self, stop_token: str) -> list[str]:
+        """Problems that do not stop training but that a person should hear about before it runs."""
+        found = []
+        if self.train and self.rows_learning_to_stop == 0:
+            found.append(
+                f"no training row teaches the model to end its answer with {stop_token!r} (the token generation "
+                "stops at): the adapter may never stop generating; check the chat template and EOS token"
+            )
+        if self.duplicate_train_rows:
+            found.append(f"{self.duplicate_train_rows} training row(s) repeat an earlier row exactly")
+        if self.overlap_rows:
+            found.append(f"{self.overlap_rows} validation row(s) also appear in the training data: "
+                         "eval loss and accuracy will look better than they are")
+        if self.dropped_train_rows:
+            found.append(f"{self.dropped_train_rows} training row(s) have no answer token within max_seq_len "
+                         "and were left out")
+        return found
 
     @property
     def train_tokens(self) -> int:
@@ -109,4 +136,15 @@ def prepare_job_data(
         dropped_train_rows=len(train) - len(kept_train),
         truncated_rows=truncated,
         data_format=dataset.data_format,
+        duplicate_train_rows=_duplicates(kept_train),
+        rows_learning_to_stop=sum(1 for r in kept_train if tokenizer.eos_token_id in _labelled(r)),
+        overlap_rows=len({tuple(r.input_ids) for r in kept_validation} & {tuple(r.input_ids) for r in kept_train}),
     )
+
+
+def _labelled(row: TokenizedRow) -> set[int]:
+    return {label for label in row.labels if label != IGNORE_INDEX}
+
+
+def _duplicates(rows: list[TokenizedRow]) -> int:
+    return len(rows) - len({tuple(r.input_ids) for r in rows})

@@ -118,9 +118,15 @@ class QLoRATrainer:
                 "total_steps": self.total_steps,
                 "dropped_rows": self.data.dropped_train_rows,
                 "truncated_rows": self.data.truncated_rows,
+                "duplicate_rows": self.data.duplicate_train_rows,
+                "validation_rows_in_train": self.data.overlap_rows,
+                "rows_learning_to_stop": self.data.rows_learning_to_stop,
             },
             hyperparameters=self.hp,
+            data_format=self.data.data_format,
         )
+        for warning in self.data.warnings(self.tokenizer.eos_token):
+            self.events.emit("data.warning", warning)
         self.stop.check()
 
         started = time.perf_counter()
@@ -435,6 +441,9 @@ class QLoRATrainer:
                     "train_tokens": self.data.train_tokens,
                     "dropped_rows": self.data.dropped_train_rows,
                     "truncated_rows": self.data.truncated_rows,
+                    "duplicate_rows": self.data.duplicate_train_rows,
+                    "validation_rows_in_train": self.data.overlap_rows,
+                    "rows_learning_to_stop": self.data.rows_learning_to_stop,
                 },
                 "runtime": {
                     "device": self.device.type,
