@@ -23,6 +23,7 @@ class HyperparameterError(ValueError):
 
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+TRUNCATION_POLICIES = ("truncate", "drop")  # a row longer than max_seq_len: cut on the right, or left out
 
 # Defaults chosen for LoRA on small (100M-1B) chat models on a CPU or one GPU; each is what
 # resolve() returns when a field is left on "auto".
@@ -82,6 +83,7 @@ class Hyperparameters:
     # Stop after this many evals (eval_every) without a lower eval loss, and keep the adapter of
     # the best eval as the result; 0 = train every step and keep the final adapter.
     early_stopping_patience: int | None = None
+    truncation: str | None = None  # "truncate" (default) or "drop" rows longer than max_seq_len
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -96,6 +98,7 @@ class _Rule:
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: value must be > low rather than >= low
+    choices: tuple[str, ...] = ()  # the values a str rule accepts
 
 
 _RULES: dict[str, _Rule] = {
@@ -112,7 +115,8 @@ _RULES: dict[str, _Rule] = {
     "warmup_ratio": _Rule(float, 0.0, 0.9),
     "weight_decay": _Rule(float, 0.0, 1.0),
     "max_grad_norm": _Rule(float, 0.0, 1e6),
-    "lr_scheduler": _Rule(str),
+    "lr_scheduler": _Rule(str, choices=LR_SCHEDULERS),
+    "truncation": _Rule(str, choices=TRUNCATION_POLICIES),
     "eval_every": _Rule(int, 0, 10_000_000),
     "validation_fraction": _Rule(float, 0.0, 0.5, low_open=True),
     "seed": _Rule(int, 0, 2**32 - 1),
@@ -187,8 +191,8 @@ def validate(raw: dict[str, Any] | None) -> Hyperparameters:
         elif rule.kind is bool:
             values[name] = _check_switch(name, value)
         elif rule.kind is str:
-            if value not in LR_SCHEDULERS:
-                raise HyperparameterError(name, f"must be one of {', '.join(LR_SCHEDULERS)}, got {value!r}")
+            if value not in rule.choices:
+                raise HyperparameterError(name, f"must be one of {', '.join(rule.choices)}, got {value!r}")
             values[name] = value
         else:
             values[name] = _check_number(name, value, rule)
@@ -271,6 +275,7 @@ def resolve(
     out["checkpoint_every"] = hp.checkpoint_every if hp.checkpoint_every is not None else max(1, math.ceil(total / 4))
     # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
     out["early_stopping_patience"] = hp.early_stopping_patience or 0
+    out["truncation"] = hp.truncation or "truncate"
     # export_merged and gradient_checkpointing pass through as given (to_dict above): the dataset has
     # no say in them, and "auto" checkpointing needs the device, which only the worker knows.
     return out

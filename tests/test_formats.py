@@ -358,3 +358,19 @@ def test_job_data_counts_duplicates_overlap_and_rows_that_teach_stopping(tmp_pat
     text.write_text(json.dumps({"text": "a document"}) + "\n")
     plain = prepare_job_data(tokenizer, text, text, hp.validate({"max_steps": 1}))
     assert plain.rows_learning_to_stop == 1  # EOS is appended to text rows and labelled
+
+
+def test_truncation_policy_cuts_or_drops_long_rows_and_reports_them(tmp_path: Path, tokenizer) -> None:
+    chat = lambda user, answer: json.dumps({"messages": [{"role": "user", "content": user},  # noqa: E731
+                                                         {"role": "assistant", "content": answer}]})
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join([chat("short", "x"), chat("long " * 200, "y"), chat("also short", "z")]) + "\n")
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text(chat("short", "x") + "\n")
+    cut = prepare_job_data(tokenizer, train, validation, hp.validate({"max_steps": 1, "max_seq_len": 64}))
+    assert len(cut.train) == 2 and cut.dropped_train_rows == 1 and cut.truncated_rows == 1  # cut past its answer
+    dropped = prepare_job_data(tokenizer, train, validation,
+                               hp.validate({"max_steps": 1, "max_seq_len": 64, "truncation": "drop"}))
+    assert len(dropped.train) == 2 and dropped.dropped_train_rows == 1 and dropped.truncated_rows == 0
+    with pytest.raises(hp.HyperparameterError, match="truncation.*truncate, drop"):
+        hp.validate({"truncation": "left"})

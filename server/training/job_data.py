@@ -114,6 +114,12 @@ def prepare_job_data(
         longest_row_tokens=max(len(r.input_ids) for r in train_full + validation_full),
     )
     max_seq_len = resolved["max_seq_len"]
+    train_count = len(train_full)
+    if resolved["truncation"] == "drop":
+        # Left out whole, so no row is learnt without its end; counted with the dropped rows. The
+        # validation rows are only cut if dropping would leave none to evaluate on.
+        train_full = [r for r in train_full if len(r.input_ids) <= max_seq_len]
+        validation_full = [r for r in validation_full if len(r.input_ids) <= max_seq_len] or validation_full
     train = [truncate_row(r, max_seq_len) for r in train_full]
     validation = [truncate_row(r, max_seq_len) for r in validation_full]
     truncated = sum(r.truncated for r in train + validation)
@@ -133,7 +139,7 @@ def prepare_job_data(
         validation=kept_validation,
         accuracy_examples=accuracy,
         hyperparameters=resolved,
-        dropped_train_rows=len(train) - len(kept_train),
+        dropped_train_rows=train_count - len(kept_train),
         truncated_rows=truncated,
         data_format=dataset.data_format,
         duplicate_train_rows=_duplicates(kept_train),

@@ -139,7 +139,7 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience")
+    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience", "truncation")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Hyperparameters(_message.Message):
     EXPORT_MERGED_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     max_steps: int
     learning_rate: float
@@ -184,7 +185,8 @@ class Hyperparameters(_message.Message):
     export_merged: bool
     gradient_checkpointing: bool
     early_stopping_patience: int
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ...) -> None: ...
+    truncation: str
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii")
