@@ -358,25 +358,20 @@ _CHAT_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
                grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
 
-def render_chat_prompt(history: list[tuple[str, str]], message: str, budget_chars: int) -> tuple[str, int]:
-    """The one prompt a turn sends, and how many earlier exchanges it carries.
+def recent_exchanges(history: list[tuple[str, str]], message: str, budget_chars: int) -> list[tuple[str, str]]:
+    """The newest earlier exchanges that fit in budget_chars together with the new message.
 
-    GenerateRequest takes a single user message (the server wraps it in the model's chat
-    template), so earlier exchanges travel as a labelled transcript inside it, the newest that
-    fit in budget_chars. A first turn is the message alone: it gets the answer `generate` gives.
+    They travel as GenerateRequest.history, which the server renders with the model's chat
+    template; the oldest are left out first so a long chat stays inside the model's context.
     """
-    kept: list[str] = []
+    kept: list[tuple[str, str]] = []
     used = len(message)
     for user, assistant in reversed(history):
-        exchange = f"User: {user}\nAssistant: {assistant}"
-        used += len(exchange) + 2
+        used += len(user) + len(assistant)
         if used > budget_chars:
             break
-        kept.insert(0, exchange)
-    if not kept:
-        return message, 0
-    transcript = "\n\n".join(kept)
-    return f"Earlier in this conversation:\n\n{transcript}\n\nUser: {message}", len(kept)
+        kept.insert(0, (user, assistant))
+    return kept
 
 
 def _read_line(interactive: bool) -> str | None:
@@ -386,10 +381,11 @@ def _read_line(interactive: bool) -> str | None:
     return None if line == "" else line.rstrip("\n")
 
 
-def _chat_turn(client: Client, args: argparse.Namespace, prompt: str) -> pb.GenerateResponse | None:
+def _chat_turn(client: Client, args: argparse.Namespace, message: str,
+               earlier: list[tuple[str, str]]) -> pb.GenerateResponse | None:
     try:
-        return client.generate(prompt, job_id=args.job or "", base_model=args.base or "", max_tokens=args.max_tokens,
-                               temperature=args.temperature, stop=args.stop, system=args.system or "")
+        return client.generate(message, job_id=args.job or "", base_model=args.base or "", max_tokens=args.max_tokens,
+                               temperature=args.temperature, stop=args.stop, system=args.system or "", history=earlier)
     except grpc.RpcError as error:
         if error.code() in _CHAT_FATAL:
             raise
@@ -429,8 +425,9 @@ def _chat_loop(client: Client, args: argparse.Namespace, interactive: bool) -> i
 
 def _answer(client: Client, args: argparse.Namespace, history: list[tuple[str, str]], message: str) -> bool:
     """One turn: send, print, remember. False when it failed (and is not remembered)."""
-    prompt, carried = render_chat_prompt(history, message, args.history_chars)
-    response = _chat_turn(client, args, prompt)
+    earlier = recent_exchanges(history, message, args.history_chars)
+    carried = len(earlier)
+    response = _chat_turn(client, args, message, earlier)
     if response is None:
         return False
     history.append((message, response.text))

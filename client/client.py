@@ -177,9 +177,14 @@ class Client:
 
     def generate(self, prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
                  temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None,
-                 system: str = "", timeout: float | None = 600) -> pb.GenerateResponse:
+                 system: str = "", history: list[tuple[str, str]] | None = None,
+                 timeout: float | None = 600) -> pb.GenerateResponse:
+        """history: earlier (user, assistant) exchanges of a conversation, oldest first."""
+        turns = [pb.ChatTurn(role=role, content=text)
+                 for user, assistant in history or [] for role, text in (("user", user), ("assistant", assistant))]
         request = pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, stop=stop or [], system=system)
+                                     temperature=temperature, top_p=top_p, stop=stop or [], system=system,
+                                     history=turns)
         return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:

@@ -52,6 +52,7 @@ class Request:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    history: list[dict[str, str]] = field(default_factory=list)  # earlier turns, user first, alternating
 
     @classmethod
     def parse(cls, raw: Any) -> "Request":
@@ -83,6 +84,12 @@ class Request:
         if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
             raise RequestError(f"stop must be a list of at most {MAX_STOP_STRINGS} non-empty strings")
         seed = raw.get("seed")
+        history = raw.get("history") or []
+        if not isinstance(history, list) or not all(
+            isinstance(t, dict) and t.get("role") == ("user", "assistant")[i % 2] and isinstance(t.get("content"), str)
+            for i, t in enumerate(history)
+        ) or len(history) % 2:
+            raise RequestError("history must alternate user and assistant turns, ending with an assistant turn")
         return cls(
             id=str(raw.get("id", "")),
             base_model_dir=Path(base),
@@ -94,6 +101,7 @@ class Request:
             top_p=number("top_p", 1.0, 0.0, 1.0) or 1.0,
             stop=stop,
             seed=number("seed", 0, 0, 2**32 - 1, integer=True) if seed is not None else None,
+            history=[{"role": t["role"], "content": t["content"]} for t in history],
         )
 
 
@@ -173,7 +181,7 @@ class Engine:
             ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
         else:
             messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
-                {"role": "user", "content": request.prompt}
+                *request.history, {"role": "user", "content": request.prompt}
             ]
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

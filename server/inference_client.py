@@ -50,10 +50,11 @@ class InferenceProcess:
         return self._process
 
     def generate(self, *, base_model_dir: Path, adapter_dir: Path | None, prompt: str, system: str | None, max_tokens: int,
-                 temperature: float, top_p: float, stop: list[str]) -> Completion:
+                 temperature: float, top_p: float, stop: list[str], history: list[dict[str, str]] | None = None) -> Completion:
         request = {
             "base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
             "prompt": prompt, "system": system, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
+            "history": history or [],
         }
         with self._lock:
             process = self._ensure_started()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import RunningServer, wait_for_state
 from tests.tiny_model import triage_subset
-from tunevault.client.cli import main, render_chat_prompt
+from tunevault.client.cli import main, recent_exchanges
 from tunevault.v1 import tunevault_pb2 as pb
 
 NOTE = "Route: itchy rash on both elbows"
@@ -44,8 +44,8 @@ def test_chat_answers_each_turn_with_the_history_and_exits_0_on_eof(server: Runn
         assert [first["history_turns"], second["history_turns"]] == [0, 1]
         # What was sent: the first turn exactly as `generate` sends it, the second with the first exchange.
         assert client.generate(NOTE, job_id=job.id, max_tokens=6).text == first["text"]
-        carried, _ = render_chat_prompt([(NOTE, first["text"])], FOLLOW_UP, 6000)
-        assert client.generate(carried, job_id=job.id, max_tokens=6).text == second["text"]
+        again = client.generate(FOLLOW_UP, job_id=job.id, max_tokens=6, history=[(NOTE, first["text"])])
+        assert again.text == second["text"]
 
     again = _chat(server, job.id, lines=f"{NOTE}\n/reset\n\n{NOTE}\n/exit\n{FOLLOW_UP}\n")
     assert again.returncode == 0, again.stderr
@@ -65,15 +65,25 @@ def test_a_failed_turn_is_reported_not_kept_and_the_exit_status_says_so(server: 
     assert "INVALID_ARGUMENT" in run.stderr and "not kept" in run.stderr
 
 
-def test_the_prompt_carries_the_newest_exchanges_that_fit() -> None:
-    assert render_chat_prompt([], "hi", 100) == ("hi", 0)
+def test_a_turn_carries_the_newest_exchanges_that_fit() -> None:
+    assert recent_exchanges([], "hi", 100) == []
     history = [("one", "1"), ("two", "2"), ("three", "3")]
-    prompt, carried = render_chat_prompt(history, "four?", 10_000)
-    assert carried == 3 and prompt.index("User: one") < prompt.index("User: three") < prompt.index("User: four?")
-    assert "Assistant: 3" in prompt
-    tight, carried = render_chat_prompt(history, "four?", 60)
-    assert carried == 2 and "one" not in tight and "User: two\nAssistant: 2" in tight
-    assert render_chat_prompt(history, "x" * 200, 100) == ("x" * 200, 0)  # the new message always goes
+    assert recent_exchanges(history, "four?", 10_000) == history
+    assert recent_exchanges(history, "four?", 15) == [("two", "2"), ("three", "3")]  # 5 + 6 + 4 chars
+    assert recent_exchanges(history, "x" * 200, 100) == []  # the new message always goes, alone if need be
+
+
+def test_history_must_alternate_and_end_with_the_assistant(server: RunningServer) -> None:
+    import grpc
+
+    with server.client() as client:
+        for history in ([pb.ChatTurn(role="user", content="a")],
+                        [pb.ChatTurn(role="assistant", content="a"), pb.ChatTurn(role="user", content="b")]):
+            request = pb.GenerateRequest(prompt="hi", base_model="tiny-llama", history=history)
+            with pytest.raises(grpc.RpcError) as refused:
+                client._stub.Generate(request, metadata=client._metadata, timeout=60)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "history" in refused.value.details()
 
 
 def test_chat_needs_a_job_or_a_base_model_but_not_both() -> None:

@@ -262,10 +262,13 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             raise InvalidArgument("job_id", "give a job_id (its adapter) or a base_model")
         model = find_model(self.config.resolved_models_dir, base_model)
         # The prompt itself is not logged: it may carry exactly the data this appliance protects.
-        self._audit("Generate", job_id=request.job_id or None, base_model=base_model, prompt_chars=len(request.prompt))
+        history = [{"role": t.role, "content": t.content} for t in request.history]
+        self._audit("Generate", job_id=request.job_id or None, base_model=base_model,
+                    prompt_chars=len(request.prompt) + sum(len(t["content"]) for t in history))
         completion = self.inference.generate(
             base_model_dir=model.path, adapter_dir=adapter, prompt=request.prompt, system=request.system or None,
             max_tokens=max_tokens, temperature=request.temperature, top_p=top_p, stop=list(request.stop),
+            history=history,
         )
         return pb.GenerateResponse(text=completion.text, completion_tokens=completion.tokens)
 

@@ -69,12 +69,27 @@ def role_name(value: int) -> str:
     return pb.Role.Name(value).removeprefix("ROLE_").lower()
 
 
+def _check_history(history) -> None:
+    """Earlier turns: user, assistant, user, assistant ... (the prompt is the next user turn)."""
+    if len(history) % 2:
+        raise InvalidArgument("history", "must end with an assistant turn (the prompt is the next user message)")
+    total = 0
+    for index, turn in enumerate(history):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if turn.role != expected:
+            raise InvalidArgument(f"history[{index}].role", f"must be {expected!r} (turns alternate, user first)")
+        total += len(turn.content)
+    if total > MAX_PROMPT_CHARS:
+        raise InvalidArgument("history", f"longer than {MAX_PROMPT_CHARS} characters in all")
+
+
 def generation(request: pb.GenerateRequest) -> tuple[int, float]:
     """Checks the sampling fields; returns (max_tokens, top_p) with their defaults applied."""
     if not request.prompt.strip():
         raise InvalidArgument("prompt", "is empty")
     bounded("prompt", request.prompt, MAX_PROMPT_CHARS)
     bounded("system", request.system, MAX_PROMPT_CHARS)
+    _check_history(request.history)
     max_tokens = request.max_tokens or 128
     if not 1 <= max_tokens <= MAX_NEW_TOKENS:
         raise InvalidArgument("max_tokens", f"must be between 1 and {MAX_NEW_TOKENS}")

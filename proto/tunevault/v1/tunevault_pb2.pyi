@@ -573,7 +573,7 @@ class DownloadArtifactResponse(_message.Message):
     def __init__(self, chunk: _Optional[bytes] = ..., filename: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("job_id", "base_model", "prompt", "max_tokens", "temperature", "top_p", "stop", "system")
+    __slots__ = ("job_id", "base_model", "prompt", "max_tokens", "temperature", "top_p", "stop", "system", "history")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -582,6 +582,7 @@ class GenerateRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     prompt: str
@@ -590,7 +591,16 @@ class GenerateRequest(_message.Message):
     top_p: float
     stop: _containers.RepeatedScalarFieldContainer[str]
     system: str
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[ChatTurn]
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ...) -> None: ...
+
+class ChatTurn(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "completion_tokens")
