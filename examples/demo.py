@@ -85,6 +85,8 @@ def main() -> int:
     parser.add_argument("--train", type=Path, default=HERE / "triage.jsonl")
     parser.add_argument("--validation", type=Path, default=HERE / "triage_validation.jsonl")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--out", type=Path, default=Path("out") / "demo",
+                        help="where the adapter archive and the job's report are saved")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="tunevault-demo-"))
@@ -119,8 +121,11 @@ def main() -> int:
         common = ["--system", system, "--max-tokens", "16"]
         print("base:    " + cli("generate", "--base", MODEL, prompt, *common, env=env).strip())
         print("adapter: " + cli("generate", job_id, prompt, *common, env=env).strip())
-        cli("download", job_id, "-o", str(data_dir), env=env)
-        print(f"\nadapter archive downloaded into {data_dir}", file=sys.stderr)
+        banner("the job's report (report.md, loss_curve.png, metrics.json)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(cli("report", job_id, "--out", str(args.out), env=env), end="")
+        cli("download", job_id, "-o", str(args.out), env=env)
+        print(f"\nadapter archive and report saved in {args.out}", file=sys.stderr)
         return 0
     finally:
         banner("stopping the server")

@@ -58,7 +58,7 @@ def _loss_and_grads(model, batches) -> tuple[float, dict[str, torch.Tensor]]:
     for batch in batches:
         loss, _ = summed_token_loss(model, batch)
         (loss / tokens).backward()
-        total += float(loss)
+        total += float(loss.detach())
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return total / tokens, grads
 
