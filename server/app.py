@@ -120,6 +120,9 @@ class App:
         log.info("stopped")
 
 
+SIGNAL_POLL_SECONDS = 0.5
+
+
 def run(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT. Signal handlers only set a flag; the main thread stops."""
     logs.configure()
@@ -128,5 +131,9 @@ def run(config: ServerConfig) -> None:
         signal.signal(signum, lambda *_: stop_requested.set())
     app = App(config)
     app.start()
-    stop_requested.wait()
+    # Wake up now and then: a Python signal handler only runs when the main thread runs Python
+    # code, and the kernel may hand SIGTERM to one of gRPC's or the scheduler's threads; an
+    # untimed wait then never returns (seen once in CI: a SIGTERM ignored for 60 s).
+    while not stop_requested.wait(SIGNAL_POLL_SECONDS):
+        pass
     app.stop()
