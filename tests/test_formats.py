@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import DEFAULT_MODEL
 from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, write_job
+from tests.test_training_data import _labelled_text
 from tunevault.server import hyperparameters as hp
 from tunevault.server.training.chat_data import MAX_LINE_BYTES, DatasetError
 from tunevault.server.training.formats import read_dataset
@@ -54,19 +55,7 @@ def write_rows(folder: Path, kind: str, rows: list[dict]) -> Path:
     return write_csv(folder / "data.csv", header, [[row.get(k, "") for k in header] for row in rows])
 
 
-def labelled_runs(tokenizer, row) -> list[str]:
-    """Decoded runs of consecutive labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(row.input_ids, row.labels):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    if current:
-        runs.append(tokenizer.decode(current))
-    return runs
+labelled_runs = _labelled_text  # decoded runs of consecutive labelled tokens
 
 
 INSTRUCTION = [{"instruction": "Route the note.", "input": "Chest pain on exertion.", "output": "cardiology"},
