@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for_state
 from tunevault.client import Client
 from tunevault.v1 import tunevault_pb2 as pb
 
@@ -43,6 +43,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path):
     client = server.client()
     dataset = client.upload_dataset(path)
     job = client.create_job(dataset.id, "tiny-llama", {"max_steps": 2})
+    wait_for_state(client, job.id, {"QUEUED"}, timeout=300)  # validated; no slot will ever run it
     yield server, client, dataset.id, job.id
     client.close()
     server.stop()

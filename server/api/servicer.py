@@ -116,7 +116,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             display_name=check.bounded("display_name", request.display_name),
             priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
             not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
-            pii_mode=check.pii_mode(request.pii), queue=True,
+            pii_mode=check.pii_mode(request.pii),
             audit_details={"dataset_sha256": dataset.sha256, "base_model": request.base_model,
                            "validation_dataset_id": request.validation_dataset_id or None,
                            "hyperparameters": requested, "pii": check.pii_mode(request.pii),

@@ -44,8 +44,16 @@ class LocalProcessExecutor:
         self.extra_env = extra_env or {}
 
     def start(self, job_id: str) -> WorkerProcess:
+        """The training worker of one job."""
+        return self._spawn("tunevault.server.worker", job_id, "worker.log")
+
+    def start_validation(self, job_id: str) -> WorkerProcess:
+        """The validation process of a VALIDATING job: same events, same environment, no GPU needed."""
+        return self._spawn("tunevault.server.validator", job_id, "validation.log")
+
+    def _spawn(self, module: str, job_id: str, log_name: str) -> WorkerProcess:
         job_dir = self.jobs_dir / job_id
-        log_path = job_dir / "worker.log"
+        log_path = job_dir / log_name
         # TUNEVAULT_PARENT_PID lets the worker ask the kernel for SIGTERM when this process
         # dies (prctl PDEATHSIG, set by the worker itself). No preexec_fn here: running Python
         # in a forked child of a process with gRPC threads can abort the child before exec.
@@ -53,7 +61,7 @@ class LocalProcessExecutor:
                "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [self.python, "-m", "tunevault.server.worker", "--jobs-dir", str(self.jobs_dir), job_id],
+                [self.python, "-m", module, "--jobs-dir", str(self.jobs_dir), job_id],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                 env=env, cwd=job_dir, start_new_session=True,
             )

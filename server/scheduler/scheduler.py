@@ -22,6 +22,7 @@ from tunevault.server.model_store import find_model
 from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
+from tunevault.server.scheduler.validation import JobValidations
 from tunevault.server.store import JobRecord, JobState, Store
 from tunevault.server.store.states import WORKER_STATES
 from tunevault.server.training import memory_estimate
@@ -56,6 +57,7 @@ class Scheduler:
         self._next_retention_check = 0.0
         self.memory_limit = memory_estimate.device_limit(config.device_memory_bytes,
                                                          concurrent_jobs=config.max_concurrent_jobs)
+        self.validations = JobValidations(store, self.executor, self._write_spec, self.wake)
 
     # Life cycle ----------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class Scheduler:
         self._stopping.set()
         self._wake.set()
         self._loop_thread.join(timeout=5)
+        self.validations.stop()
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -113,6 +116,7 @@ class Scheduler:
         if now >= self._next_lease_check:
             self._next_lease_check = now + LEASE_CHECK_SECONDS
             self._rescue_expired_leases()
+        self.validations.start_pending()
         if now >= self._next_retention_check and self.config.retention_days > 0:
             self._next_retention_check = now + RETENTION_CHECK_SECONDS
             self._apply_retention()

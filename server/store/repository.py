@@ -105,9 +105,9 @@ class Store:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
 
         The lookup and the insert share one transaction, so two racing retries of the same
-        request cannot both insert. With `queue`, the (already validated) job is also moved
-        to QUEUED and, with `audit_details`, audited, in that same transaction: one fsync
-        per CreateJob instead of three.
+        request cannot both insert. With `queue`, the job skips validation and is moved to
+        QUEUED at once (stores and tests that need no validation step); with `audit_details`
+        it is audited in that same transaction: one fsync per CreateJob instead of two.
         """
         with self._transaction() as db:
             if idempotency_key:
@@ -151,6 +151,14 @@ class Store:
         sql = f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
         with self._lock:
             rows = list(self._db.query(sql, [*params, limit]))
+        return [JobRecord.from_row(r) for r in rows]
+
+    def oldest_validating_jobs(self, limit: int, excluding: Sequence[str] = ()) -> list[JobRecord]:
+        """VALIDATING jobs in the order they were created, for the validation step to take in turn."""
+        sql = (f"SELECT * FROM jobs WHERE state = 'VALIDATING' AND id NOT IN ({','.join('?' * len(excluding))}) "
+               "ORDER BY created_at, id LIMIT ?")
+        with self._lock:
+            rows = list(self._db.query(sql, [*excluding, limit]))
         return [JobRecord.from_row(r) for r in rows]
 
     def count_jobs_by_state(self, tenant: str | None = None) -> dict[JobState, int]:
@@ -271,16 +279,12 @@ class Store:
 
         Their workers die with that process (SIGTERM from the kernel, or a broken pipe), so a
         RUNNING job is queued again (it resumes from its last checkpoint), a CANCELLING one
-        is CANCELLED, a PAUSING one PAUSED, and a VALIDATING one (accepted, not yet queued)
-        is queued. Returns the ids of the jobs that were RUNNING.
+        is CANCELLED and a PAUSING one PAUSED. A VALIDATING one stays so: the new process's
+        scheduler validates it again. Returns the ids of the jobs that were RUNNING.
         """
-        orphans = self.list_jobs(limit=1_000_000, states=[JobState.VALIDATING, *WORKER_STATES])
+        orphans = self.list_jobs(limit=1_000_000, states=WORKER_STATES)
         for job in orphans:
-            if job.state is JobState.VALIDATING:
-                # Requests are checked before the row is written, so only the move is missing.
-                self.transition(job.id, JobState.QUEUED, event_type="job.queued", message="queued after a restart")
-            else:
-                self.recover_lost_worker(job, "the server restarted while it ran")
+            self.recover_lost_worker(job, "the server restarted while it ran")
         return [job.id for job in orphans if job.state is JobState.RUNNING]
 
     def recover_lost_worker(self, job: JobRecord, why: str) -> None:

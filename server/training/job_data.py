@@ -60,6 +60,21 @@ class JobData:
     def train_tokens(self) -> int:
         return sum(len(r.input_ids) for r in self.train)
 
+    def stats(self) -> dict[str, float]:
+        """The figures a person checks before training: sizes and every kind of row problem counted."""
+        return {
+            "train_rows": len(self.train),
+            "validation_rows": len(self.validation),
+            "train_tokens": self.train_tokens,
+            "validation_tokens": sum(len(r.input_ids) for r in self.validation),
+            "dropped_rows": self.dropped_train_rows,
+            "truncated_rows": self.truncated_rows,
+            "duplicate_rows": self.duplicate_train_rows,
+            "validation_rows_in_train": self.overlap_rows,
+            "rows_learning_to_stop": self.rows_learning_to_stop,
+            "max_seq_len": int(self.hyperparameters["max_seq_len"]),
+        }
+
 
 def _fits(rows: list[TokenizedRow]) -> list[TokenizedRow]:
     return [r for r in rows if r.label_count > 0]
