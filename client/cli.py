@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
         lease_seconds=args.lease_seconds, retry_backoff_seconds=args.retry_backoff, retention_days=args.retention_days,
         retry_backoff_max_seconds=args.retry_backoff_max,
-        admin_token_file=args.admin_token_file, rate_limit_per_second=args.rate_limit,
+        admin_token_file=args.admin_token_file, master_key_file=args.master_key_file,
+        rate_limit_per_second=args.rate_limit,
         rate_limit_burst=args.rate_limit_burst,
         max_pending_jobs_per_tenant=args.max_pending_jobs, max_tenant_storage_bytes=args.max_tenant_storage,
         max_upload_bytes=args.max_upload_bytes, max_dataset_rows=args.max_dataset_rows,
@@ -211,7 +212,16 @@ cmd_cancel, cmd_pause, cmd_resume = _job_action("cancel_job"), _job_action("paus
 def cmd_delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.delete_job(args.job)
-    _say(f"job {response.job.id}: deleted {response.freed_bytes} bytes of artifacts and checkpoints")
+    _say(f"job {response.job.id}: deleted {response.freed_bytes} bytes of artifacts and checkpoints"
+         + (f"; destroyed data key {response.destroyed_key_id}" if response.destroyed_key_id else ""))
+    return 0
+
+
+def cmd_delete_dataset(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.delete_dataset(args.dataset)
+    _say(f"dataset {response.dataset.id}: deleted {response.freed_bytes} bytes"
+         + (f"; destroyed data key {response.destroyed_key_id}" if response.destroyed_key_id else ""))
     return 0
 
 
@@ -472,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--retry-backoff-max", type=float, default=600.0, help="longest wait between retries")
     serve.add_argument("--retention-days", type=float, default=0.0,
                        help="delete artifacts of jobs finished this many days ago (0 keeps them)")
+    serve.add_argument("--master-key-file", type=Path, default=None,
+                       help="master key of encryption at rest, base64 of 32 bytes (env TUNEVAULT_MASTER_KEY_FILE or "
+                            "TUNEVAULT_MASTER_KEY; else generated once beside the data directory)")
     serve.add_argument("--admin-token-file", type=Path, default=os.environ.get("TUNEVAULT_ADMIN_TOKEN_FILE"),
                        help="first admin token, from a file (env TUNEVAULT_ADMIN_TOKEN_FILE); else generated and printed once")
     serve.add_argument("--rate-limit", type=float, default=50.0, help="requests per second per token")
@@ -543,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("delete", cmd_delete, "delete a finished job's artifacts and checkpoints"),
                                 ("checkpoints", cmd_checkpoints, "list a job's checkpoints")):
         add(name, handler, text).add_argument("job")
+    add("delete-dataset", cmd_delete_dataset,
+        "delete a dataset: its file, and its data key (crypto-shredding)").add_argument("dataset")
 
     admin = commands.add_parser("admin", help="administration (needs an admin token)")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)

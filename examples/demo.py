@@ -133,6 +133,8 @@ def main() -> int:
         server.wait(120)
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
+            # The master key the server generated beside its data directory (server/privacy/keys.py).
+            data_dir.with_name(f"{data_dir.name}.master-key").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

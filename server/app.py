@@ -21,6 +21,7 @@ from tunevault.server.config import ServerConfig
 from tunevault.server.inference_client import InferenceProcess
 from tunevault.server.api.metrics_interceptor import MetricsInterceptor
 from tunevault.server.metrics import Metrics, serve_metrics
+from tunevault.server.privacy.keys import MasterKeyError, configure_server
 from tunevault.server.scheduler.scheduler import Scheduler
 from tunevault.server.store import Store
 from tunevault.v1 import tunevault_pb2 as pb
@@ -55,6 +56,11 @@ class App:
         for folder in (config.data_dir, config.datasets_dir, config.jobs_dir, config.resolved_models_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_path)
+        try:
+            # Before anything reads or writes a dataset: every one is sealed under this key store.
+            self.keys = configure_server(config.data_dir, config.database_path, config.master_key_file)
+        except MasterKeyError as error:
+            raise SystemExit(f"encryption at rest: {error}") from None
         self.metrics = Metrics(self.store, app_version())
         self.store.on_transition(self.metrics.job_finished)
         self.store.on_transition(self._audit_outcome)
@@ -116,6 +122,7 @@ class App:
         self.scheduler.stop(grace)
         drained.wait(grace)
         self.inference.close()
+        self.keys.close()
         self.store.close()
         log.info("stopped")
 

@@ -72,6 +72,9 @@ class ServerConfig:
     # A file holding the first admin token (a Kubernetes Secret); without it one is generated
     # and printed once on the first start.
     admin_token_file: Path | None = None
+    # The master key of encryption at rest (base64 of 32 bytes). None: TUNEVAULT_MASTER_KEY or
+    # TUNEVAULT_MASTER_KEY_FILE, else one generated beside the data directory (privacy/keys.py).
+    master_key_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None

@@ -16,12 +16,14 @@ it has tried, every answer is that error instead of a completion, until the proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,10 +153,11 @@ class Engine:
         if name is None:
             self._names += 1
             name = f"adapter_{self._names}"
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(key, adapter_name=name, is_trainable=False)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, key, adapter_name=name, is_trainable=False)
+            with plain_adapter(adapter_dir) as source:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(source), adapter_name=name, is_trainable=False)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(source), adapter_name=name, is_trainable=False)
             self.adapters[key] = name
             log.info("loaded adapter %s as %s", key, name)
             while len(self.adapters) > ADAPTER_CACHE_SIZE:
@@ -224,12 +227,35 @@ class Engine:
         return Completion(text=completion, tokens=produced)
 
 
+@contextlib.contextmanager
+def plain_adapter(adapter_dir: Path) -> Iterator[Path]:
+    """The adapter folder to load from: itself when plaintext, else a decrypted copy on a tmpfs.
+
+    The copy lives only while PEFT reads it; the weights then stay in this process's memory.
+    """
+    from tunevault.server.privacy import scratch
+    from tunevault.server.privacy.encryption import is_sealed, unseal_tree
+
+    if not is_sealed(adapter_dir / "adapter_config.json"):
+        yield adapter_dir
+        return
+    workspace = scratch.make_private_dir("tunevault-inference-")
+    try:
+        unseal_tree(adapter_dir, workspace / "adapter")
+        yield workspace / "adapter"
+    finally:
+        scratch.remove(workspace)
+
+
 def trained_on_plain_text(adapter_dir: Path | None) -> bool:
     """Whether the job behind an adapter trained on prompt/completion or text rows (no chat template)."""
     if adapter_dir is None:
         return False
+    from tunevault.server.privacy.encryption import open_plain
+
     try:
-        metrics = json.loads((Path(adapter_dir) / "metrics.json").read_text())
+        with open_plain(Path(adapter_dir) / "metrics.json") as handle:  # sealed at rest
+            metrics = json.loads(handle.read())
     except (OSError, ValueError):
         return False  # adapters from before formats existed were all chats
     return metrics.get("data", {}).get("format") in ("completion", "text")

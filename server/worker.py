@@ -39,9 +39,19 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 
 class EgressCheckedEvents(EventWriter):
-    """Events that stop at the first one after a blocked network attempt; an "egress.checked" precedes the result."""
+    """Events that stop at the first one after a blocked network attempt; an "egress.checked" precedes the result.
+
+    With encryption at rest (a SealedJob), a "checkpoint" event is the moment its tmpfs checkpoint
+    is sealed into the job folder; the event then names the sealed copy.
+    """
+
+    sealed: Any = None  # privacy.sealed_job.SealedJob, once the job's workspace is prepared
 
     def emit(self, event_type: str, message: str = "", metrics: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+        if event_type == "checkpoint" and self.sealed is not None and extra.get("path"):
+            plain = extra["path"]
+            extra["path"] = str(self.sealed.seal_checkpoint(Path(plain)))
+            message = message.replace(plain, extra["path"])
         if event_type != "error":
             # A library may have swallowed the EgressBlocked it met; the job fails all the same, and
             # fails early rather than training on for a result that would be refused.
@@ -56,6 +66,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
     """(status code, readable one-line reason) for a failed job."""
     if isinstance(exc, egress_guard.EgressBlocked):
         return EGRESS_CODE, _one_line(str(exc))
+    from tunevault.server.errors import FailedPrecondition
+    from tunevault.server.privacy.encryption import DecryptionError
+
+    # A destroyed key, a wrong master key, a tampered file or no tmpfs: no retry can fix these.
+    if isinstance(exc, (FailedPrecondition, DecryptionError)):
+        return "FAILED_PRECONDITION", _one_line(str(exc))
     import torch
 
     from tunevault.server.hyperparameters import HyperparameterError
@@ -90,22 +106,33 @@ def run(jobs_dir: Path, job_id: str) -> int:
     from tunevault.server.training.stopping import StopFlag, StopRequested
 
     events = EgressCheckedEvents(sys.stdout)
+    sealed = None
     stop = StopFlag()
     # The handlers only set the flag; the loop acts on it at the next step boundary.
     stop.install(signal.SIGTERM, signal.SIGINT)
     # After the handler is in place: the server's death then arrives as a SIGTERM (checkpoint, exit).
     die_with_parent()
     try:
+        from tunevault.server.privacy.sealed_job import SealedJob
         from tunevault.server.training.pii_step import apply_pii
         from tunevault.server.training.runtime import quiet_progress_bars
         from tunevault.server.training.trainer import QLoRATrainer
 
         quiet_progress_bars()
         spec = JobSpec.load(jobs_dir / job_id / "spec.json")
+        # Encryption at rest: from here on the trainer sees only a tmpfs workspace.
+        sealed = SealedJob.open(spec)
+        if sealed is not None:
+            spec = sealed.prepare()
+            events.sealed = sealed
         spec = apply_pii(spec, events)  # may point the spec at scrubbed copies, or refuse the data
+        if sealed is not None:
+            sealed.seal_scrubbed()
         stop.check()
         result = QLoRATrainer(spec, events, stop).run()
         egress_guard.raise_if_blocked()
+        if sealed is not None:
+            sealed.seal_outputs()  # before exit 0: the scheduler packs the adapter once we are gone
         log.info("job %s succeeded: %s", job_id, result)
         return 0
     except StopRequested:
@@ -125,6 +152,9 @@ def run(jobs_dir: Path, job_id: str) -> int:
         except ParentGone:
             pass
         return EXIT_FAILED
+    finally:
+        if sealed is not None:
+            sealed.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,7 @@ def _calls(client: Client, dataset_id: str, queued_id: str, done_id: str, tmp: P
         "CancelJob": lambda: client.cancel_job(queued_id),
         "PauseJob": lambda: client.pause_job(queued_id),
         "DeleteJob": lambda: client.delete_job(done_id),
+        "DeleteDataset": lambda: client.delete_dataset(dataset_id),
         "ListCheckpoints": lambda: client.list_checkpoints(done_id),
         "StreamJobEvents": lambda: client.stream_events(done_id, follow=False),
         "DownloadArtifact": lambda: stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=done_id), metadata=md),
@@ -81,15 +82,15 @@ OK, NF, PD = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERM
 # a's queued job; DeleteJob is left last so the artifact exists for the reads before it.
 EXPECTED = {
     "a-viewer": {"UploadDataset": PD, "GetDataset": OK, "CreateJob": PD, "GetJob": OK, "CancelJob": PD,
-                 "PauseJob": PD, "DeleteJob": PD, "ListCheckpoints": OK, "StreamJobEvents": OK,
+                 "PauseJob": PD, "DeleteJob": PD, "DeleteDataset": PD, "ListCheckpoints": OK, "StreamJobEvents": OK,
                  "DownloadArtifact": OK, "Generate": PD, "ListJobs": OK, "ListDatasets": OK, "ListModels": OK,
                  "GetStatus": OK, "CreateToken": PD, "ListTokens": PD, "RevokeToken": PD},
     "b-submitter": {"UploadDataset": OK, "GetDataset": NF, "CreateJob": NF, "GetJob": NF, "CancelJob": NF,
-                    "PauseJob": NF, "DeleteJob": NF, "ListCheckpoints": NF, "StreamJobEvents": NF,
+                    "PauseJob": NF, "DeleteJob": NF, "DeleteDataset": NF, "ListCheckpoints": NF, "StreamJobEvents": NF,
                     "DownloadArtifact": NF, "Generate": NF, "ListJobs": OK, "ListDatasets": OK, "ListModels": OK,
                     "GetStatus": OK, "CreateToken": PD, "ListTokens": PD, "RevokeToken": PD},
     "b-viewer": {"UploadDataset": PD, "GetDataset": NF, "CreateJob": PD, "GetJob": NF, "CancelJob": PD,
-                 "PauseJob": PD, "DeleteJob": PD, "ListCheckpoints": NF, "StreamJobEvents": NF,
+                 "PauseJob": PD, "DeleteJob": PD, "DeleteDataset": PD, "ListCheckpoints": NF, "StreamJobEvents": NF,
                  "DownloadArtifact": NF, "Generate": PD, "ListJobs": OK, "ListDatasets": OK, "ListModels": OK,
                  "GetStatus": OK, "CreateToken": PD, "ListTokens": PD, "RevokeToken": PD},
 }

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import start_server, wait_for_state
+from tests.sealed import read_plain
 from tunevault.client import Client
 from tunevault.v1 import tunevault_pb2 as pb
 
@@ -155,7 +156,8 @@ def test_server_is_up_and_stored_data_unchanged_after_the_fuzz(live) -> None:
     assert client.health() == "SERVING"
     assert server.process.poll() is None
     dataset = client.get_dataset(dataset_id)
-    stored = (server.data_dir / "datasets" / f"{dataset_id}.jsonl").read_bytes()
+    # Sealed at rest: the plaintext, decrypted with the server's key store, is what was uploaded.
+    stored = read_plain(server.data_dir, server.data_dir / "datasets" / f"{dataset_id}.jsonl")
     assert hashlib.sha256(stored).hexdigest() == dataset.sha256
     assert client.get_job(job_id).state == pb.JOB_STATE_QUEUED
     assert "bug while serving" not in server.log()

@@ -396,6 +396,7 @@ def test_chart_created_secrets():
     container, vols = server("defaults"), volumes(pod_spec("defaults"))
     assert env(container)["TUNEVAULT_ADMIN_TOKEN_FILE"] == "/etc/tunevault/secrets/admin-token"
     assert env(container)["TUNEVAULT_MASTER_KEY_FILE"] == "/etc/tunevault/secrets/master-key"
+    assert env(container)["TUNEVAULT_REQUIRE_MASTER_KEY"] == "1"  # no generated key beside /data in a cluster
     assert mounts(container)["/etc/tunevault/secrets"]["readOnly"] is True
     sources = [s["secret"] for s in vols["secrets"]["projected"]["sources"]]
     assert sources == [

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import RunningServer, wait_for_state
+from tests.sealed import read_plain
 from tunevault.v1 import tunevault_pb2 as pb
 
 ROWS = [
@@ -33,7 +34,8 @@ def test_redact_trains_on_placeholders_and_counts_by_type(server: RunningServer,
         assert done.pii == pb.PII_MODE_REDACT
         event = next(e for e in client.stream_events(job.id, follow=False) if e.type == "pii")
     assert event.metrics["pii_name"] >= 12 and event.metrics["pii_mrn"] >= 12 and event.metrics["pii_date"] >= 12
-    scrubbed = (server.data_dir / "jobs" / job.id / "scrubbed" / "train_file.jsonl").read_text()
+    # Sealed at rest with the job's key, like everything else the worker leaves.
+    scrubbed = read_plain(server.data_dir, server.data_dir / "jobs" / job.id / "scrubbed" / "train_file.jsonl").decode()
     assert "Okafor" not in scrubbed and "Elm Street" not in scrubbed and "[NAME]" in scrubbed
     assert "Okafor" not in event.message
 

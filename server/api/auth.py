@@ -31,6 +31,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # The least role each method needs; a method missing here is refused (admin only).
 METHOD_ROLE = {
     "UploadDataset": "submitter", "GetDataset": "viewer", "ListDatasets": "viewer",
+    "DeleteDataset": "submitter",
     "CreateJob": "submitter", "GetJob": "viewer", "ListJobs": "viewer", "CancelJob": "submitter",
     "PauseJob": "submitter", "ResumeJob": "submitter", "DeleteJob": "submitter",
     "ListCheckpoints": "viewer", "GetStatus": "viewer", "StreamJobEvents": "viewer",

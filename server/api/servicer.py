@@ -16,11 +16,12 @@ from tunevault.server.api import convert, pagination
 from tunevault.server.api import validation as check
 from tunevault.server.api.auth import check_tenant_name, current_principal, hash_token, new_secret
 from tunevault.server.api.uploads import receive_dataset
-from tunevault.server.artifacts import ARCHIVE_NAME, read_chunks, sha256_of
+from tunevault.server.artifacts import ARCHIVE_NAME, archive_size, read_chunks, sha256_of
 from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tunevault.server.inference_client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
+from tunevault.server.privacy.keys import default_store
 from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
 from tunevault.server.store import DatasetRecord, JobRecord, JobState, Store
 from tunevault.server.training import memory_estimate
@@ -55,7 +56,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                                 job_id=job_id, dataset_id=dataset_id, details=details)
 
     def _job_message(self, job: JobRecord) -> pb.Job:
-        return convert.job_to_proto(job, disk_usage(self.config.job_dir(job.id)))
+        return convert.job_to_proto(job, disk_usage(self.config.job_dir(job.id)),
+                                    encryption_key_id=default_store().key_id("job", job.id))
 
     # Datasets ------------------------------------------------------------------------
 
@@ -87,6 +89,20 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         token = pagination.encode(records[size - 1].id) if len(records) > size else ""
         return pb.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in records[:size]],
                                        next_page_token=token)
+
+    def DeleteDataset(self, request, context):
+        dataset = self.store.get_dataset(check.required_id("dataset_id", request.dataset_id),
+                                         tenant=current_principal().scope)
+        deleted = self.store.delete_dataset(dataset.id)  # FAILED_PRECONDITION while a job needs it
+        # Key first: from this moment every copy of the file, backups included, is undecryptable.
+        key_id = default_store().shred("dataset", dataset.id)
+        path = self.config.data_dir / dataset.path
+        freed = disk_usage(path)
+        path.unlink(missing_ok=True)
+        self._audit("DeleteDataset", tenant=dataset.tenant, dataset_id=dataset.id, sha256=dataset.sha256,
+                    destroyed_key_id=key_id, freed_bytes=freed)
+        return pb.DeleteDatasetResponse(dataset=convert.dataset_to_proto(deleted), freed_bytes=freed,
+                                        destroyed_key_id=key_id or "")
 
     # Jobs ----------------------------------------------------------------------------
 
@@ -186,12 +202,17 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         job = self._job(request.job_id)
         if not job.state.terminal:
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; cancel it before deleting its files")
-        freed = delete_job_files(self.config.job_dir(job.id))
+        # Key first (crypto-shredding): even a file that survives the deletion, or a backup, is unreadable.
+        key_id = default_store().shred("job", job.id)
+        job_dir = self.config.job_dir(job.id)
+        freed = delete_job_files(job_dir) + disk_usage(job_dir / "scrubbed")
+        shutil.rmtree(job_dir / "scrubbed", ignore_errors=True)  # the PII step's sealed copies
         if job.artifacts_deleted_at is None:
             self.store.update_job(job.id, artifacts_deleted_at=time.time())
             self.store.append_event(job.id, "job.files_deleted", f"deleted {freed} bytes", {"freed_bytes": freed})
-        self._audit("DeleteJob", tenant=job.tenant, job_id=job.id, freed_bytes=freed)
-        return pb.DeleteJobResponse(job=self._job_message(self.store.get_job(job.id)), freed_bytes=freed)
+        self._audit("DeleteJob", tenant=job.tenant, job_id=job.id, freed_bytes=freed, destroyed_key_id=key_id)
+        return pb.DeleteJobResponse(job=self._job_message(self.store.get_job(job.id)), freed_bytes=freed,
+                                    destroyed_key_id=key_id or "")
 
     def ListCheckpoints(self, request, context):
         folder = self.config.job_dir(self._job(request.job_id).id) / "checkpoints"
@@ -240,13 +261,14 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         archive = self.config.job_dir(job.id) / ARCHIVE_NAME
         if not archive.is_file() or archive.is_symlink():
             raise NotFound(f"job {job.id} has no artifact on disk")
+        # The archive is sealed at rest: digest, size and chunks are of its plaintext, decrypted in memory.
         digest = sha256_of(archive)
         self._audit("DownloadArtifact", tenant=job.tenant, job_id=job.id, adapter_sha256=digest)
         first = True
         for chunk in read_chunks(archive):
             if first:
                 yield pb.DownloadArtifactResponse(chunk=chunk, filename=f"{job.id}-adapter.tar.gz",
-                                                  size_bytes=archive.stat().st_size, sha256=digest)
+                                                  size_bytes=archive_size(archive), sha256=digest)
                 first = False
             else:
                 yield pb.DownloadArtifactResponse(chunk=chunk)

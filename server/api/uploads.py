@@ -1,4 +1,8 @@
-"""Receiving a client-streamed dataset: size-capped, hashed while written, checked, then stored."""
+"""Receiving a client-streamed dataset: size-capped, hashed while written sealed, checked, then stored.
+
+The bytes are sealed with a new data key for the dataset as they arrive (privacy/encryption.py),
+so the upload is never plaintext on disk; the check reads it back decrypting in memory.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 from tunevault.server.config import ServerConfig
 from tunevault.server.datasets import check_dataset
 from tunevault.server.errors import InvalidArgument, ResourceExhausted
+from tunevault.server.privacy.encryption import SealedWriter
+from tunevault.server.privacy.keys import DataKey, default_store
 from tunevault.server.store import DatasetRecord, Store
 from tunevault.server.store.ids import new_id
 from tunevault.v1 import tunevault_pb2 as pb
@@ -49,26 +55,37 @@ def receive_dataset(requests: Iterator[pb.UploadDatasetRequest], store: Store, c
     final_path = config.data_dir / relative
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = final_path.with_suffix(".incoming")
+    keys = default_store()
+    key = keys.create("dataset", dataset_id)
+    stored = False
     try:
-        sha256, size = _write_chunks(requests, temporary, max_bytes, limit_name)
+        sha256, size = _write_chunks(requests, temporary, max_bytes, limit_name, key)
         check = check_dataset(temporary, override)
         if not check.ok:
             raise InvalidArgument("dataset", check.summary())
         if check.row_count > config.max_dataset_rows:
             raise ResourceExhausted(f"dataset has {check.row_count} rows: max_dataset_rows={config.max_dataset_rows}")
         os.replace(temporary, final_path)
+        record = store.insert_dataset(
+            dataset_id=dataset_id, name=metadata.name or dataset_id, sha256=sha256, row_count=check.row_count,
+            size_bytes=size, format=check.data_format or "chat", path=str(relative), tenant=tenant,
+            encryption_key_id=key.id,
+        )
+        stored = True
     finally:
         temporary.unlink(missing_ok=True)
-    return store.insert_dataset(
-        dataset_id=dataset_id, name=metadata.name or dataset_id, sha256=sha256, row_count=check.row_count,
-        size_bytes=size, format=check.data_format or "chat", path=str(relative), tenant=tenant,
-    )
+        if not stored:
+            final_path.unlink(missing_ok=True)
+            keys.shred("dataset", dataset_id)  # a refused upload's key sealed nothing that is kept
+    return record
 
 
 def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_bytes: int,
-                  limit_name: str) -> tuple[str, int]:
+                  limit_name: str, key: DataKey) -> tuple[str, int]:
+    """Seals the chunks into `path` as they arrive; returns the plaintext's SHA-256 and size."""
     digest, size = hashlib.sha256(), 0
     with path.open("wb") as handle:
+        writer = SealedWriter(handle, key.id, key.key)
         for index, request in enumerate(requests, start=1):
             if request.WhichOneof("payload") != "chunk":
                 raise InvalidArgument(f"message {index}", "only the first message may carry metadata")
@@ -76,7 +93,8 @@ def _write_chunks(requests: Iterator[pb.UploadDatasetRequest], path: Path, max_b
             if size > max_bytes:
                 raise ResourceExhausted(f"upload larger than the limit {limit_name}={max_bytes}")
             digest.update(request.chunk)
-            handle.write(request.chunk)
+            writer.write(request.chunk)
+        writer.close()
         handle.flush()
         os.fsync(handle.fileno())
     return digest.hexdigest(), size

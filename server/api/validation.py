@@ -7,7 +7,8 @@ import math
 import time
 from pathlib import Path
 
-from tunevault.server.errors import InvalidArgument
+from tunevault.server.errors import FailedPrecondition, InvalidArgument
+from tunevault.server.privacy.encryption import open_plain
 from tunevault.v1 import tunevault_pb2 as pb
 
 MAX_LABEL_CHARS = 200
@@ -107,8 +108,9 @@ def checkpoint_metrics(path: Path) -> dict[str, float]:
     """Numbers from a checkpoint's record of itself, whatever file it keeps them in."""
     for name in ("checkpoint.json", "state.json", "metrics.json"):
         try:
-            data = json.loads((path / name).read_text())
-        except (OSError, ValueError):
+            with open_plain(path / name) as handle:  # checkpoints are sealed at rest
+                data = json.loads(handle.read())
+        except (OSError, ValueError, FailedPrecondition):  # unreadable, or its key destroyed
             continue
         data = data.get("metrics", data) if isinstance(data, dict) else {}
         return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

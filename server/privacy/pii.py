@@ -20,6 +20,7 @@ loads lazily, once per process; nothing is downloaded.
 from __future__ import annotations
 
 import bisect
+import io
 import json
 import sys
 import threading
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
+from .encryption import open_plain
 from .pii_names import ages_after_names, find_names_and_places, propagate_names
 from .pii_patterns import CITATION, Candidate, find_patterns
 
@@ -260,7 +262,8 @@ def scrub_jsonl(in_path: str | Path, out_path: str | Path | None, mode: Mode, ma
     report = PiiReport(mode=mode)
     out = open(out_path, "w", encoding="utf-8") if mode == "redact" else None
     try:
-        with open(in_path, encoding="utf-8") as src:
+        # A sealed dataset (encryption at rest) is decrypted in memory as it is read.
+        with io.TextIOWrapper(open_plain(Path(in_path)), encoding="utf-8") as src:
             batch: list[tuple[int, str]] = []
             for number, line in enumerate(src, start=1):
                 batch.append((number, line))

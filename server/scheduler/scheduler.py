@@ -19,6 +19,7 @@ from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
+from tunevault.server.privacy.keys import default_store
 from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
@@ -157,6 +158,7 @@ class Scheduler:
     def _apply_retention(self) -> None:
         cutoff = time.time() - self.config.retention_days * 86400
         for job in self.store.finished_before(cutoff):
+            default_store().shred("job", job.id)  # crypto-shredding: backups of the files die with the key
             freed = delete_job_files(self.config.job_dir(job.id))
             self.store.update_job(job.id, artifacts_deleted_at=time.time())
             self.store.append_event(job.id, "job.files_deleted", f"retention: deleted {freed} bytes", {"freed_bytes": freed})

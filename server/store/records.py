@@ -20,10 +20,12 @@ class DatasetRecord:
     path: str
     created_at: float
     tenant: str
+    encryption_key_id: str | None = None  # the data key its file is sealed with (None: stored before encryption)
+    deleted_at: float | None = None  # DeleteDataset: file removed and key destroyed
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "DatasetRecord":
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tunevault.server.privacy.encryption import is_decrypting, open_plain
 from tunevault.server.training.chat_data import (
     MAX_LINE_BYTES,
     ChatRow,
@@ -374,7 +375,7 @@ def _parquet_records(parquet: Any) -> Iterator[Record]:
         yield Record(number + 1, problem=FieldError("file", f"unreadable from here on ({error})"))
 
 
-def _parquet_source(path: Path, requested: str | None, stack: ExitStack) -> RecordSource:
+def _parquet_source(path: Path | BinaryIO, requested: str | None, stack: ExitStack) -> RecordSource:
     try:  # only Parquet datasets pay for importing pyarrow
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -414,9 +415,11 @@ def open_records(source: Path | Iterable[bytes], data_format: str | None = None)
     requested = check_format_name(data_format)
     with ExitStack() as stack:
         if isinstance(source, Path):
-            handle = stack.enter_context(source.open("rb"))
+            # Sealed files (encryption at rest) are decrypted in memory as they are read.
+            handle = stack.enter_context(open_plain(source))
             if handle.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC:
-                yield _parquet_source(source, requested, stack)
+                handle.seek(0)
+                yield _parquet_source(handle if is_decrypting(handle) else source, requested, stack)
                 return
             handle.seek(0)
             lines: Iterable[bytes | None] = _bounded_lines(handle)

@@ -38,6 +38,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tunevault.server.privacy.encryption import open_plain
+
 GIB = 1024**3
 MIB = 1024**2
 FLOAT32 = 4
@@ -236,7 +238,7 @@ def dataset_tokens(path: Path) -> DatasetTokens:
 def _dataset_tokens(path: str, size: int, mtime_ns: int) -> DatasetTokens:
     # One pass (about a second for the largest upload allowed); uploads are checked, so every line parses.
     longest_row = longest_answer = total = 0
-    with open(path, "rb") as handle:
+    with open_plain(Path(path)) as handle:  # a sealed upload is decrypted in memory
         for line in handle:
             if not line.strip():
                 continue
