@@ -10,6 +10,9 @@ Evaluation keeps padded, length-sorted batches: there is no backward pass to sav
 The plan for an epoch is a pure function of (lengths, batch size, seed, epoch), so a resumed job
 recomputes exactly the rows it would have seen.
 
+DP-SGD jobs use neither: each step draws its rows by Poisson sampling (poisson_micro_batches),
+padded one row per tensor row, because per-example gradients need each example alone in its row.
+
 Every batch carries, computed here on the CPU, the positions whose logits are needed (those
 followed by a labelled token) and their targets, so the training step needs no host sync to
 find them.
@@ -179,6 +182,22 @@ def packed_micro_batches(
     groups = [bins[i : i + packs_per_batch] for i in range(0, len(bins), packs_per_batch)]
     width = pack_tokens if fixed_width else None
     return [collate_packed([[rows[i] for i in b] for b in group], pad_token_id, width) for group in groups]
+
+
+def poisson_micro_batches(
+    rows: list[TokenizedRow], sample_rate: float, rng: random.Random, batch_size: int, pad_token_id: int
+) -> list[Batch]:
+    """One DP-SGD step: every row independently with probability sample_rate, padded into micro-batches of at most batch_size rows.
+
+    Poisson sampling is what the DP accountants assume (a fixed-size shuffled batch would need
+    other accounting); the step's size varies around sample_rate x len(rows) and may be 0, which
+    gives an empty list. rng must be secret (random.SystemRandom in the trainer): an adversary who
+    knew which rows each step used would get no privacy amplification from sampling.
+    """
+    chosen = [i for i in range(len(rows)) if rng.random() < sample_rate]
+    # Longest first: less padding; the order inside a step does not change the sum of its clipped gradients.
+    chosen.sort(key=lambda i: (-len(rows[i].input_ids), i))
+    return [collate([rows[i] for i in chosen[s : s + batch_size]], pad_token_id) for s in range(0, len(chosen), batch_size)]
 
 
 def eval_batches(rows: list[TokenizedRow], batch_size: int, pad_token_id: int) -> list[Batch]:

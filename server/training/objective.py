@@ -22,7 +22,8 @@ from tunevault.server.training.tokenization import IGNORE_INDEX
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(model, "_module", model)  # Opacus' GradSampleModule wraps the PEFT model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
@@ -44,8 +45,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def summed_token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
-    """(sum of cross-entropy over labelled tokens, number of labelled tokens) for one batch."""
+def _answer_logits(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at the positions the loss needs, (rows, k, vocab), in float32; their targets, (rows, k))."""
     device = next(model.parameters()).device
     index = batch.logits_index.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
@@ -56,7 +57,28 @@ def summed_token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
         else:
             logits = torch.take_along_dim(model(**inputs).logits, index[..., None], dim=1)
     # Cross-entropy in float32 whatever the compute dtype: bf16 log-softmax over 49k classes is lossy.
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    return logits.float(), targets
+
+
+def summed_token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+    """(sum of cross-entropy over labelled tokens, number of labelled tokens) for one batch."""
+    logits, targets = _answer_logits(model, batch)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
     return loss, batch.label_tokens
+
+
+def per_example_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each row's mean cross-entropy over its own labelled tokens, (rows,); the batch's summed token loss, detached).
+
+    DP-SGD clips each example's gradient, so the objective must be a sum of per-example terms:
+    the summed token loss of the whole batch mixes rows through its token count, and a long
+    answer would get a larger gradient (so be clipped harder) than a short one. A row's own mean
+    makes every row an equal unit, as the privacy guarantee counts them. A row without labelled
+    tokens contributes 0 (and so a zero gradient).
+    """
+    logits, targets = _answer_logits(model, batch)
+    tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                             reduction="none").reshape(targets.shape)
+    counts = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return tokens.sum(dim=1) / counts, tokens.detach().sum()
