@@ -27,6 +27,9 @@ class JobSpec:
     data_format: str | None = None  # chat | instruction | completion | text; None detects it
     validation_data_format: str | None = None
     memory_estimate: dict[str, Any] | None = None  # the API's preflight estimate, reported beside the measured peak
+    # Set by the PII step when train_file became a redacted copy: the memorization audit asks the
+    # model the original questions. Never in spec.json.
+    unscrubbed_train_file: Path | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> "JobSpec":

@@ -21,9 +21,23 @@ def apply_pii(spec: JobSpec, events: EventWriter) -> JobSpec:
     """
     if spec.pii == "off":
         return spec
+    from tunevault.server.privacy import scratch
+
+    if spec.pii == "reject":
+        # Reject keeps nothing, but may convert the rows to chats first: that copy goes to a private
+        # tmpfs folder, never to the job folder, whoever runs this (the worker or the validator).
+        workspace = scratch.make_private_dir(f"tunevault-pii-{spec.job_id}-")
+        try:
+            return _apply(spec, events, workspace)
+        finally:
+            scratch.remove(workspace)
+    # Redact: the worker's spec already points into its tmpfs workspace (privacy/sealed_job.py).
+    return _apply(spec, events, spec.output_dir.parent / "scrubbed")
+
+
+def _apply(spec: JobSpec, events: EventWriter, scrubbed_dir: Path) -> JobSpec:
     from tunevault.server.privacy.pii import scrub_jsonl
 
-    scrubbed_dir = spec.output_dir.parent / "scrubbed"
     scrubbed_dir.mkdir(parents=True, exist_ok=True)
     replaced: dict[str, Path | None] = {}
     for field, original in (("train_file", spec.train_file), ("validation_file", spec.validation_file)):
@@ -48,7 +62,8 @@ def apply_pii(spec: JobSpec, events: EventWriter) -> JobSpec:
     if spec.pii != "redact":
         return spec
     # The scrubbed copies may be chats where the uploads were instruction rows: detect them afresh.
-    return dataclasses.replace(spec, **replaced, data_format=None, validation_data_format=None)
+    return dataclasses.replace(spec, **replaced, data_format=None, validation_data_format=None,
+                               unscrubbed_train_file=spec.train_file)
 
 
 def as_chat_jsonl(path: Path, scratch: Path) -> tuple[Path, str | None]:

@@ -1,0 +1,99 @@
+"""Memorization benchmark: what a fine-tune gives away, with and without PII redaction, on the default model.
+
+A synthetic referral-summary task whose answers hold identifiers (a name, an MRN, a birth date)
+that the questions do not: the worst case for memorization, since the model can only produce
+them from what it trained on. Canaries are planted at 1, 4 and 16 repetitions. Each arm is a real
+worker process (`python -m tunevault.server.worker`) with the job's memorization audit on:
+  off     the data as it is
+  redact  pii=redact: the worker trains on the scrubbed copy; the audit asks the ORIGINAL questions
+Printed and written (--out): per arm, the identifiers at risk and repeated by greedy decoding,
+each canary's exposure (chance is about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
+
+    python bench/memorization_bench.py --models-dir .cache/models [--steps 30] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST = ["Margaret", "Tomasz", "Aaliyah", "Dmitri", "Priya", "Oluwaseun", "Ingrid", "Mateo", "Keiko", "Rashid"]
+LAST = ["Okafor", "Lindqvist", "Castellano", "Nakamura", "Whitfield", "Abernathy", "Kowalczyk", "Haddad"]
+SPECIALTIES = ["dermatology", "cardiology", "neurology", "orthopedics", "pulmonology"]
+SYMPTOMS = ["itchy rash on both shins", "chest pain on exertion", "numbness in the left hand",
+            "knee pain after a fall", "persistent dry cough"]
+
+
+def make_rows(count: int, rng: random.Random) -> list[dict]:
+    rows = []
+    for n in range(count):
+        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        mrn = f"{rng.randrange(10**6, 10**7)}"
+        born = f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(1940, 2005)}"
+        kind = rng.randrange(len(SYMPTOMS))
+        rows.append({"messages": [
+            {"role": "user", "content": f"Summarize referral {n + 1}: {SYMPTOMS[kind]}."},
+            {"role": "assistant", "content": f"{name}, MRN {mrn}, born {born}: refer to {SPECIALTIES[kind]}."},
+        ]})
+    return rows
+
+
+def run_arm(name: str, pii: str, train: Path, model_dir: Path, steps: int, work: Path) -> dict:
+    job_dir = work / name
+    job_dir.mkdir(parents=True)
+    spec = {"job_id": name, "base_model_dir": str(model_dir), "train_file": str(train), "validation_file": None,
+            "output_dir": str(job_dir / "artifacts"), "checkpoint_dir": str(job_dir / "checkpoints"), "pii": pii,
+            "hyperparameters": {"max_steps": steps, "batch_size": 8, "eval_every": 0, "checkpoint_every": 0,
+                                "eval_accuracy_max_examples": 0, "validation_fraction": 0.1,
+                                "canary_repetitions": [1, 4, 16]}}
+    (job_dir / "spec.json").write_text(json.dumps(spec))
+    started = time.perf_counter()
+    with (job_dir / "worker.log").open("wb") as log:
+        done = subprocess.run([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(work), name],
+                              stdout=subprocess.PIPE, stderr=log, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed ({done.returncode}); see {job_dir / 'worker.log'}")
+    metrics = json.loads((job_dir / "artifacts" / "metrics.json").read_text())
+    audit = metrics["privacy"]["memorization_audit"]
+    return {"pii": pii, "eval_loss": metrics["result"]["eval_loss"], "base_eval_loss": metrics["result"]["base_eval_loss"],
+            "wall_seconds": time.perf_counter() - started, "identifier_leaks": audit["identifier_leaks"],
+            "canaries": audit["canaries"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--rows", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memorization.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tunevault-memorization-") as scratch:
+        work = Path(scratch)
+        train = work / "referrals.jsonl"
+        train.write_text("\n".join(json.dumps(r) for r in make_rows(args.rows, random.Random(11))) + "\n")
+        arms = {name: run_arm(name, pii, train, args.models_dir / args.model, args.steps, work / "jobs")
+                for name, pii in (("off", "off"), ("redact", "redact"))}
+    print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x)")
+    for name, arm in arms.items():
+        leaks = arm["identifier_leaks"]
+        exposures = ", ".join(f"{c['exposure_bits']:.2f}{'*' if c['extracted'] else ''}" for c in arm["canaries"])
+        print(f"{name:8} {leaks['identifiers_reproduced']:>10} of {leaks['identifiers_at_risk']:<9} "
+              f"{arm['eval_loss']:>10.4f}  {exposures}   (* extracted)")
+    report = {"model": args.model, "rows": args.rows, "steps": args.steps, "arms": arms,
+              "note": "CPU timings on a shared 2-core machine are noisy"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The memorization audit of a job: plant canaries in its training rows, then measure what the adapter kept.
+
+Planting happens on tokenized rows, after the data checks, so canaries never count as the
+user's data (no duplicate warning, no validation split) yet train exactly like it: same
+template, same loss mask, same packing. Measuring scores each canary's answer and its
+look-alikes with the trained model (summed answer-token loss = the sequence's negative
+log-likelihood) and asks the model for each secret by greedy decoding from the question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from tunevault.server.privacy.canaries import CANDIDATES, CHANCE_BITS, Canary, candidates_for, exposure, make_canaries
+from tunevault.server.training import pii_leak_probe
+from tunevault.server.training.chat_data import ChatRow, Message
+from tunevault.server.training.formats import TextRow, TrainingRow
+from tunevault.server.training.job_data import JobData
+from tunevault.server.training.job_spec import JobSpec
+from tunevault.server.training.stopping import StopFlag
+from tunevault.server.training.tokenization import (
+    IGNORE_INDEX,
+    TokenizedRow,
+    accuracy_prompt_ids,
+    tokenize_example,
+    truncate_row,
+)
+
+SCORE_BATCH_ROWS = 32
+# Greedy decoding gets the answer's length plus this much room to say the secret.
+EXTRACTION_SLACK_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    record: str
+    repetitions: int
+    user_supplied: bool
+    rank: int
+    candidates: int
+    exposure_bits: float
+    extrapolated_bits: float
+    extracted: bool  # greedy decoding from the question reproduced the secret
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # never the secret itself: the report is read by people the data is kept from
+
+
+def canary_row(canary: Canary, data_format: str, secret: str | None = None) -> TrainingRow:
+    """The canary in the job's own row shape: a chat turn, or prompt + completion for text formats."""
+    if data_format in ("chat", "instruction"):
+        return ChatRow((Message("user", canary.question), Message("assistant", canary.answer(secret))), 0)
+    return TextRow(canary.question + " ", canary.answer(secret), 0)
+
+
+def plant(tokenizer: Any, canaries: list[Canary], data_format: str) -> list[TokenizedRow]:
+    """Each canary's tokenized row, repeated as often as it asks."""
+    rows = []
+    for canary in canaries:
+        tokenized = tokenize_example(tokenizer, canary_row(canary, data_format))
+        rows.extend([tokenized] * canary.repetitions)
+    return rows
+
+
+def _row_losses(model: Any, rows: list[TokenizedRow], pad_id: int) -> list[float]:
+    """Summed answer-token cross-entropy of each row (its negative log-likelihood, in nats)."""
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    for start in range(0, len(rows), SCORE_BATCH_ROWS):
+        chunk = rows[start:start + SCORE_BATCH_ROWS]
+        width = max(len(r.input_ids) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, :len(row.input_ids)] = torch.tensor(row.input_ids)
+            labels[i, :len(row.labels)] = torch.tensor(row.labels)
+            mask[i, :len(row.input_ids)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        shifted = labels[:, 1:].to(device)
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+        losses.extend(per_token.sum(dim=1).tolist())
+    return losses
+
+
+def _extracted(model: Any, tokenizer: Any, canary: Canary, data_format: str, answer_tokens: int) -> bool:
+    from transformers import GenerationConfig
+
+    prompt = accuracy_prompt_ids(tokenizer, canary_row(canary, data_format), max_len=4096)
+    assert prompt is not None  # canary rows always ask a question
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=answer_tokens + EXTRACTION_SLACK_TOKENS,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    output = model.generate(input_ids=torch.tensor([prompt], device=device),
+                            attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+                            generation_config=config)
+    text = tokenizer.decode(output[0, len(prompt):].tolist(), skip_special_tokens=True)
+    return canary.secret in text
+
+
+def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, seed: int,
+          stop: StopFlag | None = None, candidates: int = CANDIDATES) -> list[CanaryResult]:
+    """Exposure and extraction of every canary, with the model as it is (adapter on)."""
+    was_training = model.training
+    model.eval()
+    rng = random.Random(seed ^ 0x5EC12E7)  # candidates differ from the canaries' own draw
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results = []
+    try:
+        with torch.no_grad():
+            for canary in canaries:
+                if stop is not None:
+                    stop.check()
+                secrets = [canary.secret, *candidates_for(canary, candidates, rng)]
+                rows = [tokenize_example(tokenizer, canary_row(canary, data_format, s)) for s in secrets]
+                losses = _row_losses(model, rows, pad)
+                found = exposure(losses[0], losses[1:])
+                extracted = _extracted(model, tokenizer, canary, data_format, rows[0].label_count)
+                results.append(CanaryResult(canary.record, canary.repetitions, canary.user_supplied, found.rank,
+                                            found.candidates, found.exposure_bits, found.extrapolated_bits, extracted))
+    finally:
+        model.train(was_training)
+    return results
+
+
+class MemorizationAudit:
+    """A job's audit from start to end: canaries planted in setup, measured with the leak probe at the end."""
+
+    def __init__(self, canaries: list[Canary], data_format: str, resolved: dict[str, Any]) -> None:
+        self.canaries = canaries
+        self.data_format = data_format
+        self.max_seq_len = int(resolved["max_seq_len"])
+        self.seed = int(resolved["seed"])
+        self.validation_fraction = float(resolved["validation_fraction"])
+
+    @classmethod
+    def for_job(cls, resolved: dict[str, Any], data_format: str) -> "MemorizationAudit":
+        seed = int(resolved["seed"])
+        # Seeded so a job is reproducible; a string seed keeps this draw apart from the data order's.
+        canaries = make_canaries(list(resolved.get("canary_repetitions") or []),
+                                 list(resolved.get("canary_secrets") or []), random.Random(f"canaries-{seed}"))
+        return cls(canaries, data_format, resolved)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.canaries)
+
+    def plant(self, tokenizer: Any, data: JobData) -> JobData:
+        """The job's data with the canary rows added to its training rows (unchanged when the audit is off)."""
+        if not self.enabled:
+            return data
+        rows = [truncate_row(r, self.max_seq_len) for r in plant(tokenizer, self.canaries, self.data_format)]
+        return dataclasses.replace(data, train=data.train + [r for r in rows if r.label_count > 0])
+
+    def run(self, model: Any, tokenizer: Any, spec: JobSpec, stop: StopFlag) -> dict[str, Any] | None:
+        """Exposure of every canary and the identifier leak count, with the trained adapter on."""
+        if not self.enabled:
+            return None
+        results = audit(model, tokenizer, self.canaries, self.data_format, self.seed, stop)
+        leaks = pii_leak_probe.probe(model, tokenizer, training_rows(spec, self.validation_fraction, self.seed),
+                                     self.max_seq_len, stop)
+        return {
+            "canaries": [r.to_dict() for r in results],
+            "canaries_extracted": sum(r.extracted for r in results),
+            "candidates_per_canary": CANDIDATES,
+            "chance_exposure_bits": CHANCE_BITS,
+            "identifier_leaks": leaks.to_dict(),
+        }
+
+
+def training_rows(spec: JobSpec, validation_fraction: float, seed: int) -> list[TrainingRow]:
+    """The rows the job trained on as the user wrote them: before PII redaction, without the validation split."""
+    from tunevault.server import hyperparameters as hp
+    from tunevault.server.training.chat_data import split_validation
+    from tunevault.server.training.formats import read_dataset
+
+    rows = read_dataset(spec.unscrubbed_train_file or spec.train_file, None).rows
+    if spec.validation_file is not None:
+        return rows
+    # The same split as job_data.prepare_job_data (redaction keeps rows in place): same size, same seed.
+    train, _ = split_validation(rows, hp.validation_split_size(len(rows), validation_fraction), seed)
+    return train
+
+
+def figures(audit_result: dict[str, Any] | None) -> dict[str, float]:
+    """The audit's headline numbers for the job's result metrics."""
+    if not audit_result:
+        return {}
+    exposures = [c["exposure_bits"] for c in audit_result["canaries"]]
+    leaks = audit_result["identifier_leaks"]
+    return {"canary_max_exposure_bits": max(exposures), "canaries_extracted": audit_result["canaries_extracted"],
+            "identifiers_at_risk": leaks["identifiers_at_risk"], "identifiers_reproduced": leaks["identifiers_reproduced"]}
