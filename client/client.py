@@ -122,6 +122,10 @@ class Client:
     def delete_job(self, job_id: str) -> pb.DeleteJobResponse:
         return self._stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), metadata=self._metadata)
 
+    def delete_dataset(self, dataset_id: str) -> pb.DeleteDatasetResponse:
+        """Removes the dataset's file and destroys its data key; FAILED_PRECONDITION while a job needs it."""
+        return self._stub.DeleteDataset(pb.DeleteDatasetRequest(dataset_id=dataset_id), metadata=self._metadata)
+
     def list_checkpoints(self, job_id: str) -> list[pb.Checkpoint]:
         return list(self._stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id),
                                                metadata=self._metadata).checkpoints)
@@ -227,9 +231,10 @@ def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
         if name not in fields:
             raise ValueError(f"unknown hyperparameter {name!r} (known: {', '.join(sorted(fields))})")
         field = fields[name]
-        if field.is_repeated:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            getattr(message, name).extend(i.strip() for i in items if i.strip())
+        if field.is_repeated:  # a list, or "a,b,c" from the command line
+            items = [str(i).strip() for i in (value.split(",") if isinstance(value, str) else value)]
+            integral = field.type in (field.TYPE_INT32, field.TYPE_INT64)
+            getattr(message, name).extend(int(i) if integral else i for i in items if i)
         elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
             setattr(message, name, int(value))
         elif field.type == field.TYPE_DOUBLE:

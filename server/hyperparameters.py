@@ -23,6 +23,7 @@ class HyperparameterError(ValueError):
 
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+DP_ACCOUNTANTS = ("rdp", "prv")  # Opacus' Renyi-DP accountant (the default) or its tighter PRV one
 TRUNCATION_POLICIES = ("truncate", "drop")  # a row longer than max_seq_len: cut on the right, or left out
 
 # Defaults chosen for LoRA on small (100M-1B) chat models on a CPU or one GPU; each is what
@@ -49,6 +50,20 @@ AUTO_MAX_EPOCHS = 10
 # Validation split: about 50 rows for small sets (enough for an accuracy figure), 5-20% otherwise.
 AUTO_VALIDATION_ROWS = 50
 AUTO_VALIDATION_FRACTION_RANGE = (0.05, 0.2)
+# Differential privacy (on when dp_epsilon or dp_noise_multiplier is set). Per-example clipping
+# at 1.0 suits the per-sequence loss of LoRA fine-tuning; AdamW makes the step size insensitive to
+# it, so it only sets where clipping starts to bite.
+AUTO_DP_MAX_GRAD_NORM = 1.0
+AUTO_DP_ACCOUNTANT = "rdp"
+# delta must be well below 1/N (a mechanism that leaks one whole row at random meets delta = 1/N).
+# 1e-5 is the customary value; past about 35,000 rows 1/N^1.1 is smaller and takes over.
+AUTO_DP_DELTA_CAP = 1e-5
+# A canary repeated more often than this says nothing a smaller count would not; more canaries
+# than MAX_CANARIES make the audit cost more than the training on a CPU.
+MAX_CANARIES = 8
+MAX_CANARY_REPETITIONS = 1000
+CANARY_SECRET_CHARS = (4, 200)
+DP_FIELDS = ("dp_epsilon", "dp_noise_multiplier", "dp_delta", "dp_max_grad_norm", "dp_accountant")
 
 
 @dataclass(frozen=True)
@@ -84,11 +99,30 @@ class Hyperparameters:
     # the best eval as the result; 0 = train every step and keep the final adapter.
     early_stopping_patience: int | None = None
     truncation: str | None = None  # "truncate" (default) or "drop" rows longer than max_seq_len
+    # DP-SGD on the LoRA weights: set exactly one of dp_epsilon (the noise is computed to spend at
+    # most this) or dp_noise_multiplier (epsilon follows from it). The others need one of the two.
+    # With DP, a step's rows are Poisson-sampled (expected batch_size x gradient_accumulation_steps),
+    # rows are not packed, and max_grad_norm gives way to per-example clipping at dp_max_grad_norm.
+    dp_epsilon: float | None = None  # target epsilon for the whole job
+    dp_noise_multiplier: float | None = None  # Gaussian noise std in units of dp_max_grad_norm
+    dp_delta: float | None = None  # None: min(1e-5, 1/N^1.1), N = training rows
+    dp_max_grad_norm: float | None = None  # per-example gradient clipping norm
+    dp_accountant: str | None = None  # rdp (default) | prv
+    # Memorization audit: one canary (a random secret in a question-answer row) planted per entry,
+    # repeated that many times, and its exposure measured after training; with it, training answers'
+    # identifiers are looked for in greedy answers. canary_secrets replace the random secrets, in order.
+    canary_repetitions: tuple[int, ...] | None = None
+    canary_secrets: tuple[str, ...] | None = None
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_epsilon is not None or self.dp_noise_multiplier is not None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.lora_target_modules is not None:
-            out["lora_target_modules"] = list(self.lora_target_modules)
+        for name in ("lora_target_modules", "canary_repetitions", "canary_secrets"):
+            if getattr(self, name) is not None:
+                out[name] = list(getattr(self, name))
         return out
 
 
@@ -125,6 +159,13 @@ _RULES: dict[str, _Rule] = {
     "export_merged": _Rule(bool),
     "gradient_checkpointing": _Rule(bool),
     "early_stopping_patience": _Rule(int, 0, 1000),
+    "dp_epsilon": _Rule(float, 0.0, 100.0, low_open=True),
+    "dp_noise_multiplier": _Rule(float, 0.0, 100.0, low_open=True),  # 0 would be no privacy at all
+    "dp_delta": _Rule(float, 0.0, 0.1, low_open=True),
+    "dp_max_grad_norm": _Rule(float, 0.0, 1e6, low_open=True),
+    "dp_accountant": _Rule(str, choices=DP_ACCOUNTANTS),
+    "canary_repetitions": _Rule(list, 1, MAX_CANARY_REPETITIONS),
+    "canary_secrets": _Rule(list),
 }
 assert set(_RULES) == {f.name for f in fields(Hyperparameters)}
 
@@ -188,6 +229,8 @@ def validate(raw: dict[str, Any] | None) -> Hyperparameters:
             continue
         if rule.kind is tuple:
             values[name] = _check_modules(name, value)
+        elif rule.kind is list:
+            values[name] = _check_canary_list(name, value, rule) or None  # [] is "no audit", as unset
         elif rule.kind is bool:
             values[name] = _check_switch(name, value)
         elif rule.kind is str:
@@ -196,7 +239,41 @@ def validate(raw: dict[str, Any] | None) -> Hyperparameters:
             values[name] = value
         else:
             values[name] = _check_number(name, value, rule)
+    _check_dp(values)
+    if len(values.get("canary_secrets") or ()) > len(values.get("canary_repetitions") or ()):
+        raise HyperparameterError("canary_secrets", "needs one canary_repetitions entry per secret (how often to plant it)")
     return Hyperparameters(**values)
+
+
+def _check_canary_list(name: str, value: Any, rule: _Rule) -> tuple:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise HyperparameterError(name, "must be a list")
+    if len(value) > MAX_CANARIES:
+        raise HyperparameterError(name, f"must have at most {MAX_CANARIES} entries")
+    if name == "canary_secrets":
+        low, high = CANARY_SECRET_CHARS
+        for item in value:
+            if not isinstance(item, str) or not low <= len(item.strip()) <= high or "\n" in item:
+                raise HyperparameterError(name, f"each secret must be one line of {low}-{high} characters, got {item!r}")
+        return tuple(item.strip() for item in value)
+    return tuple(int(_check_number(name, item, _Rule(int, rule.low, rule.high))) for item in value)
+
+
+def _check_dp(values: dict[str, Any]) -> None:
+    if "dp_epsilon" in values and "dp_noise_multiplier" in values:
+        raise HyperparameterError(
+            "dp_noise_multiplier", "set either dp_epsilon (the noise is computed for it) or dp_noise_multiplier, not both"
+        )
+    if "dp_epsilon" in values or "dp_noise_multiplier" in values:
+        return
+    for name in DP_FIELDS:
+        if name in values:
+            raise HyperparameterError(name, "has an effect only with differential privacy on: set dp_epsilon or dp_noise_multiplier too")
+
+
+def auto_dp_delta(rows: int) -> float:
+    """The default delta: 1e-5, or 1/N^1.1 when that is smaller, so always below 1/N."""
+    return min(AUTO_DP_DELTA_CAP, 1.0 / max(rows, 2) ** 1.1)
 
 
 def auto_validation_fraction(rows: int) -> float:
@@ -276,6 +353,15 @@ def resolve(
     # lora_target_modules stays None: "all linear projections" is resolved against the model itself.
     out["early_stopping_patience"] = hp.early_stopping_patience or 0
     out["truncation"] = hp.truncation or "truncate"
+    out["canary_repetitions"] = list(hp.canary_repetitions or [])  # empty: no memorization audit
+    out["canary_secrets"] = list(hp.canary_secrets or [])
+    if hp.dp:
+        out["dp_delta"] = hp.dp_delta if hp.dp_delta is not None else auto_dp_delta(rows)
+        out["dp_max_grad_norm"] = hp.dp_max_grad_norm if hp.dp_max_grad_norm is not None else AUTO_DP_MAX_GRAD_NORM
+        out["dp_accountant"] = hp.dp_accountant or AUTO_DP_ACCOUNTANT
+    else:
+        for name in DP_FIELDS:  # a job without DP says nothing about it
+            del out[name]
     # export_merged and gradient_checkpointing pass through as given (to_dict above): the dataset has
     # no say in them, and "auto" checkpointing needs the device, which only the worker knows.
     return out

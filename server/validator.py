@@ -9,6 +9,8 @@ statistics, or one "error" event (INVALID_ARGUMENT, naming the field or the line
 settings that cannot train. Upload already checked each line's syntax; what only the tokenizer
 knows (answers cut off by max_seq_len, the stop token never learnt, the model's position limit)
 and pii=reject are checked here, so a bad job fails in seconds instead of after a queue wait.
+A DP job also gets its noise plan ("dp.plan") and, when the data is too small for DP to learn
+much, "dp.warning" events with the numbers and the smallest change that helps.
 
 It loads no model weights: a tokenizer and config.json are enough, so it is quick and light.
 Exit status 0 after "validated", 1 after "error".
@@ -59,6 +61,11 @@ def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
     _check_positions(spec.base_model_dir, int(data.hyperparameters["max_seq_len"]))
     for warning in data.warnings(tokenizer.eos_token):
         events.emit("data.warning", warning)
+    if data.hyperparameters.get("dp_epsilon") is not None or data.hyperparameters.get("dp_noise_multiplier") is not None:
+        from tunevault.server.training.dp_sgd import plan_and_announce
+
+        # Before queueing, in numbers: how much noise the epsilon costs and whether this data can bear it.
+        plan_and_announce(data.hyperparameters, len(data.train), events)
     stats = data.stats()
     events.emit("validated",
                 f"{stats['train_rows']:.0f} training rows ({stats['train_tokens']:.0f} tokens), "

@@ -102,3 +102,12 @@ def test_list_jobs_pages_newest_first_and_filters_by_state(store: Store) -> None
     assert [j.id for j in page] == ids[::-1][:2]
     assert [j.id for j in store.list_jobs(10, before_id=page[-1].id)] == ids[::-1][2:]
     assert [j.id for j in store.list_jobs(10, states=[JobState.RUNNING])] == [ids[0]]
+
+
+def test_a_job_cannot_be_created_on_a_dataset_deleted_after_it_was_looked_up(store: Store) -> None:
+    dataset = _dataset(store)
+    store.delete_dataset(dataset)  # as a DeleteDataset racing the CreateJob that already read the dataset
+    with pytest.raises(NotFound, match=dataset):
+        store.create_job(dataset_id=dataset, validation_dataset_id=None, base_model="m",
+                         hyperparameters={}, idempotency_key=None)
+    assert store.list_jobs(10) == []

@@ -111,3 +111,21 @@ def test_a_job_left_validating_by_a_crash_is_validated_after_the_restart(tmp_pat
             assert wait_for_state(client, job.id, {"QUEUED", "FAILED"}, timeout=300).state == pb.JOB_STATE_QUEUED
     finally:
         server.stop()
+
+
+def test_a_dp_job_on_too_little_data_is_warned_with_numbers_before_it_is_queued(server: RunningServer,
+                                                                                 tmp_path: Path) -> None:
+    rows = [_row(f"Note {n}: itchy rash on both shins for {n} days.", "dermatology") for n in range(40)]
+    dataset = _upload(server, tmp_path / "d.jsonl", rows)
+    with server.client() as client:
+        job = client.create_job(dataset.id, "tiny-llama", {"dp_epsilon": 8.0}, not_before=LATER)
+        queued = wait_for_state(client, job.id, {"QUEUED", "FAILED"}, timeout=300)
+        assert queued.state == pb.JOB_STATE_QUEUED, queued
+        events = _events(client, job.id)
+    plan = next(e for e in events if e.type == "dp.plan")
+    assert 0 < plan.metrics["dp_planned_epsilon"] <= 8.0 and plan.metrics["dp_noise_multiplier"] > 0
+    warnings = [e.message for e in events if e.type == "dp.warning"]
+    assert any(w.startswith("too little data for DP to learn much") and "Smallest change that helps" in w
+               for w in warnings), warnings
+    types = [e.type for e in events]
+    assert types.index("dp.plan") < types.index("job.validated")

@@ -10,7 +10,8 @@ from tunevault.server.errors import InvalidArgument
 from tunevault.server.store import DatasetRecord, EventRecord, JobRecord, JobState, TokenRecord
 from tunevault.v1 import tunevault_pb2 as pb
 
-_SCALAR_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.name != "lora_target_modules"]
+_LIST_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.is_repeated]
+_SCALAR_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.name not in _LIST_HYPERPARAMETERS]
 
 # The row format stored with a dataset -> its enum ("chat_jsonl": datasets uploaded before formats).
 DATASET_FORMATS = {
@@ -31,8 +32,9 @@ def timestamp(seconds: float | None) -> Timestamp | None:
 def hyperparameters_to_dict(message: pb.Hyperparameters) -> dict[str, Any]:
     """Only the fields the client set: an unset field stays "auto"."""
     values: dict[str, Any] = {name: getattr(message, name) for name in _SCALAR_HYPERPARAMETERS if message.HasField(name)}
-    if message.lora_target_modules:
-        values["lora_target_modules"] = list(message.lora_target_modules)
+    for name in _LIST_HYPERPARAMETERS:  # an empty list is "unset" too
+        if getattr(message, name):
+            values[name] = list(getattr(message, name))
     return values
 
 
@@ -41,8 +43,8 @@ def hyperparameters_to_proto(values: dict[str, Any]) -> pb.Hyperparameters:
     for name, value in values.items():
         if value is None:
             continue
-        if name == "lora_target_modules":
-            message.lora_target_modules.extend(value)
+        if name in _LIST_HYPERPARAMETERS:
+            getattr(message, name).extend(value)
         elif name in _SCALAR_HYPERPARAMETERS:
             field = pb.Hyperparameters.DESCRIPTOR.fields_by_name[name]
             integral = field.type in (field.TYPE_INT32, field.TYPE_INT64)
@@ -64,10 +66,11 @@ def dataset_to_proto(record: DatasetRecord) -> pb.Dataset:
     return pb.Dataset(
         id=record.id, name=record.name, sha256=record.sha256, row_count=record.row_count,
         size_bytes=record.size_bytes, format=DATASET_FORMATS.get(record.format, pb.DATASET_FORMAT_UNSPECIFIED), created_at=timestamp(record.created_at),
+        encryption_key_id=record.encryption_key_id or "",
     )
 
 
-def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0) -> pb.Job:
+def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: str | None = None) -> pb.Job:
     message = pb.Job(
         id=job.id, state=job_state_to_proto(job.state), dataset_id=job.dataset_id,
         validation_dataset_id=job.validation_dataset_id or "", base_model=job.base_model,
@@ -79,6 +82,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0) -> pb.Job:
         not_before=timestamp(job.not_before), max_attempts=job.max_attempts, queued_at=timestamp(job.queued_at),
         disk_usage_bytes=disk_usage_bytes, artifacts_deleted=job.artifacts_deleted_at is not None,
         pii=pb.PiiMode.Value(f"PII_MODE_{job.pii_mode.upper()}"), tenant=job.tenant,
+        encryption_key_id=encryption_key_id or "",
         error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
                        for e in job.error_history],
     )

@@ -61,10 +61,12 @@ class Store:
     # Datasets -----------------------------------------------------------------------
 
     def insert_dataset(self, *, name: str, sha256: str, row_count: int, size_bytes: int,
-                       format: str, path: str, dataset_id: str | None = None, tenant: str = "default") -> DatasetRecord:
+                       format: str, path: str, dataset_id: str | None = None, tenant: str = "default",
+                       encryption_key_id: str | None = None) -> DatasetRecord:
         record = DatasetRecord(
             id=dataset_id or new_id("ds"), name=name, sha256=sha256, row_count=row_count,
             size_bytes=size_bytes, format=format, path=path, created_at=time.time(), tenant=tenant,
+            encryption_key_id=encryption_key_id,
         )
         with self._transaction() as db:
             db["datasets"].insert(record.__dict__)
@@ -72,14 +74,36 @@ class Store:
 
     def get_dataset(self, dataset_id: str, tenant: str | None = None) -> DatasetRecord:
         """The dataset; NotFound also when it belongs to another tenant than `tenant` (None: any)."""
-        row = self._one("SELECT * FROM datasets WHERE id = ? AND (? IS NULL OR tenant = ?)", [dataset_id, tenant, tenant])
+        row = self._one("SELECT * FROM datasets WHERE id = ? AND (? IS NULL OR tenant = ?) AND deleted_at IS NULL",
+                        [dataset_id, tenant, tenant])
         if row is None:
             raise NotFound(f"dataset {dataset_id!r} not found")
         return DatasetRecord.from_row(row)
 
+    def delete_dataset(self, dataset_id: str) -> DatasetRecord:
+        """Marks the dataset deleted, unless an unfinished job uses it (FailedPrecondition naming them).
+
+        One transaction, so no job can be queued on it between the check and the mark; removing
+        the file and destroying its key are the caller's (privacy/keys.py), after this.
+        """
+        with self._transaction() as db:
+            rows = list(db.query("SELECT * FROM datasets WHERE id = ? AND deleted_at IS NULL", [dataset_id]))
+            if not rows:
+                raise NotFound(f"dataset {dataset_id!r} not found")
+            users = [r["id"] for r in db.query(
+                "SELECT id FROM jobs WHERE (dataset_id = ? OR validation_dataset_id = ?) AND state IN "
+                "('VALIDATING', 'QUEUED', 'RUNNING', 'PAUSING', 'PAUSED', 'CANCELLING') ORDER BY id LIMIT 5",
+                [dataset_id, dataset_id])]
+            if users:
+                raise FailedPrecondition(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}; "
+                                         "cancel them or wait for them to finish")
+            deleted_at = time.time()
+            db.execute("UPDATE datasets SET deleted_at = ? WHERE id = ?", [deleted_at, dataset_id])
+        return DatasetRecord.from_row({**rows[0], "deleted_at": deleted_at})
+
     def list_datasets(self, limit: int, before_id: str | None = None, tenant: str | None = None) -> list[DatasetRecord]:
         sql = ("SELECT * FROM datasets WHERE (? IS NULL OR id < ?) AND (? IS NULL OR tenant = ?) "
-               "ORDER BY id DESC LIMIT ?")
+               "AND deleted_at IS NULL ORDER BY id DESC LIMIT ?")
         with self._lock:
             rows = list(self._db.query(sql, [before_id, before_id, tenant, tenant, limit]))
         return [DatasetRecord.from_row(r) for r in rows]
@@ -87,7 +111,8 @@ class Store:
     def tenant_usage(self, tenant: str) -> tuple[int, int]:
         """(bytes of datasets, jobs waiting or running) owned by `tenant`, for its quotas."""
         with self._lock:
-            stored = list(self._db.query("SELECT COALESCE(SUM(size_bytes), 0) AS n FROM datasets WHERE tenant = ?",
+            stored = list(self._db.query("SELECT COALESCE(SUM(size_bytes), 0) AS n FROM datasets WHERE tenant = ? "
+                                         "AND deleted_at IS NULL",
                                          [tenant]))[0]["n"]
             pending = list(self._db.query(
                 "SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND state IN "
@@ -115,6 +140,12 @@ class Store:
                                          [tenant, idempotency_key]))
                 if existing:
                     return JobRecord.from_row(existing[0]), False
+            wanted = {dataset_id, validation_dataset_id} - {None}
+            live = list(db.query(f"SELECT id FROM datasets WHERE deleted_at IS NULL AND id IN ({','.join('?' * len(wanted))})",
+                                 list(wanted)))
+            if len(live) != len(wanted):
+                # Deleted since the caller looked it up: its key is gone, a job on it could never run.
+                raise NotFound(f"dataset {(wanted - {r['id'] for r in live}).pop()!r} not found")
             now = time.time()
             job_id = new_id("job")
             db["jobs"].insert({

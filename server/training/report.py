@@ -126,8 +126,11 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         _data_section(metrics.get("data") or {}),
         _eval_section(result, metrics.get("history") or []),
         _training_section(result),
+        _privacy_section((metrics.get("privacy") or {}).get("differential_privacy")),
+        _memorization_section((metrics.get("privacy") or {}).get("memorization_audit")),
         _table("Hyperparameters (as resolved and used)", "hyperparameter",
-               [(k, _value(v)) for k, v in sorted((metrics.get("hyperparameters") or {}).items())]),
+               [(k, _value(v) if k != "canary_secrets" or not v else f"{len(v)} secret(s), not shown")
+                for k, v in sorted((metrics.get("hyperparameters") or {}).items())]),
         _table("Runtime", "", [(k.replace("_", " "), _value(v)) for k, v in sorted((metrics.get("runtime") or {}).items())]),
         f"## Loss curve\n\n![Training and validation loss]({CURVE_NAME})",
     ]
@@ -216,6 +219,28 @@ def _training_section(result: dict[str, Any]) -> str:
     if memory:
         rows.append(("peak memory", memory))
     return _table("Training", "", rows)
+
+
+def _privacy_section(dp: dict[str, Any] | None) -> str:
+    if not dp:
+        return ""
+    return _table("Differential privacy", "", [(k.replace("_", " "), _value(v)) for k, v in dp.items()])
+
+
+def _memorization_section(audit: dict[str, Any] | None) -> str:
+    """One row per canary, then the identifier probe: what a reader of the adapter could pull out of it."""
+    if not audit:
+        return ""
+    rows = [(f"canary planted {c['repetitions']}x" + (" (given secret)" if c["user_supplied"] else ""),
+             f"exposure {c['exposure_bits']:.2f} bits (rank {c['rank']} of {c['candidates'] + 1}), "
+             + ("extracted by greedy decoding" if c["extracted"] else "not extracted"))
+            for c in audit["canaries"]]
+    rows.append(("exposure of a secret never seen", f"{audit['chance_exposure_bits']:.2f} bits on average"))
+    leaks = audit["identifier_leaks"]
+    rows.append(("identifiers in training answers repeated",
+                 f"{leaks['identifiers_reproduced']} of {leaks['identifiers_at_risk']} "
+                 f"(asked {leaks['rows_probed']} training questions)"))
+    return _table("Memorization audit", "", rows)
 
 
 def _memory(measured: Any, estimated: Any) -> str:

@@ -2,8 +2,10 @@
 
 One class, read top to bottom (in the manner of torchtune's single-device LoRA recipe): setup()
 prepares data and model, train() runs an explicit loop with token-normalised gradient
-accumulation, and finish() evaluates and writes the adapter. Events go out through an
-EventWriter; a StopFlag set by SIGTERM is honoured at step boundaries and between eval batches.
+accumulation, and finish() evaluates and writes the adapter. A job with differential privacy
+swaps the step for DP-SGD (dp_sgd.py: Poisson-sampled rows, unpacked, per-example clipping and
+noise) and reports the privacy spent at every eval. Events go out through an EventWriter; a
+StopFlag set by SIGTERM is honoured at step boundaries and between eval batches.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import torch
 from tunevault.server import hyperparameters as hp
 from tunevault.server.training import checkpoints, quantized_model
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
-from tunevault.server.training.batching import BatchStream, eval_batches
+from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
+from tunevault.server.training import canary_audit
+from tunevault.server.training.canary_audit import MemorizationAudit
 from tunevault.server.training.checkpoints import TrainState
+from tunevault.server.training.dp_sgd import DPStep, plan_and_announce
 from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
 from tunevault.server.training.events import EventWriter
 from tunevault.server.training.job_data import JobData, prepare_job_data
@@ -72,6 +77,9 @@ class QLoRATrainer:
         self.events = events
         self.stop = stop
         self.state = TrainState()
+        self.dp: DPStep | None = None
+        self.memorization_result: dict[str, Any] | None = None
+        self.dp_plan: Any = None  # privacy.dp_plan.DPPlan of a DP job
 
     # Setup ------------------------------------------------------------------------
 
@@ -91,20 +99,26 @@ class QLoRATrainer:
             data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
         )
         self.hp = self.data.hyperparameters
+        # Memorization audit: canary rows join the training rows after the data checks (off: no change).
+        self.memorization = MemorizationAudit.for_job(self.hp, self.data.data_format)
+        self.data = self.memorization.plant(self.tokenizer, self.data)
         positions = self._max_positions()
         if positions and int(self.hp["max_seq_len"]) > positions:
             raise hp.HyperparameterError("max_seq_len", f"the base model handles at most {positions} tokens")
         self.total_steps = int(self.hp["max_steps"])
         self.accumulation = int(self.hp["gradient_accumulation_steps"])
+        self.dp_enabled = requested.dp
         pad = self.tokenizer.pad_token_id
         # Packs hold at most max_seq_len tokens and a micro-batch at most batch_size packs: the
         # same worst-case memory as batch_size padded rows, without the padding.
         # On a GPU every micro-batch also has the same width: cuDNN plans attention per shape, and
         # new shapes each step cost more host time than the step's kernels (measured on an H100,
         # Llama-3-8B shape: 2.40 s for two steps at fixed width vs 6.16 s at varying widths).
+        # DP-SGD never packs: a per-example gradient needs each example alone in its row.
         self.stream = BatchStream(
             self.data.train, int(self.hp["batch_size"]), int(self.hp["seed"]), pad,
-            pack_tokens=int(self.hp["max_seq_len"]), fixed_width=self.device.type == "cuda",
+            pack_tokens=None if self.dp_enabled else int(self.hp["max_seq_len"]),
+            fixed_width=self.device.type == "cuda",
         )
         self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), pad)
         self.events.emit(
@@ -127,6 +141,8 @@ class QLoRATrainer:
         )
         for warning in self.data.warnings(self.tokenizer.eos_token):
             self.events.emit("data.warning", warning)
+        if self.dp_enabled:
+            self._plan_dp()
         self.stop.check()
 
         started = time.perf_counter()
@@ -170,6 +186,17 @@ class QLoRATrainer:
         )
         self.state.fingerprint = self._fingerprint()
         self._resume_if_possible()
+        if self.dp_enabled:
+            self.dp = DPStep(
+                self.model, self.optimizer, noise_multiplier=self.dp_plan.noise_multiplier,
+                max_grad_norm=float(self.hp["dp_max_grad_norm"]), expected_batch=self.dp_plan.expected_batch,
+                sample_rate=self.dp_plan.sample_rate, accountant=self.dp_plan.accountant, delta=self.dp_plan.delta,
+                steps_done=self.state.step,
+            )
+
+    def _plan_dp(self) -> None:
+        """The noise for the target epsilon (or the epsilon of the given noise), with the preflight's warnings as events."""
+        self.dp_plan = plan_and_announce(self.hp, len(self.data.train), self.events)
 
     def _max_positions(self) -> int | None:
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
@@ -246,7 +273,21 @@ class QLoRATrainer:
         if accuracy is not None:
             metrics["accuracy"] = accuracy
         self._record(self.events.emit("eval", self._describe(f"step {step}", loss, accuracy), metrics))
+        self._report_privacy(step)
         return loss, accuracy
+
+    def _report_privacy(self, step: int) -> None:
+        """A "dp" event beside every eval: the privacy spent up to this step."""
+        if self.dp is None:
+            return
+        figures = self.dp.figures()
+        self._record(self.events.emit(
+            "dp",
+            f"step {step}: epsilon {figures['dp_epsilon']:.4g} spent at delta {figures['dp_delta']:.3g} "
+            f"({self.dp.accountant_name.upper()} accountant)",
+            {"step": step, **figures},
+            dp_accountant=self.dp.accountant_name,
+        ))
 
     # Early stopping ---------------------------------------------------------------------
 
@@ -300,21 +341,15 @@ class QLoRATrainer:
                 self.save_checkpoint()
                 raise StopRequested()
             started = time.perf_counter()
-            micro_batches = self.stream.next_step(self.accumulation)
-            # Token-normalised accumulation: divide by the answer tokens of the whole step, so each
-            # token counts the same whichever micro-batch it is in.
-            step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
-            loss_total = torch.zeros((), device=self.device)
-            for batch in micro_batches:
-                loss_sum, _ = summed_token_loss(self.model, batch)
-                (loss_sum / step_label_tokens).backward()
-                loss_total += loss_sum.detach()
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
             learning_rate = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
+            if self.dp is None:
+                micro_batches, loss_total = self._step(max_grad_norm)
+            else:
+                micro_batches = poisson_micro_batches(self.data.train, self.dp.sample_rate, self.dp.sampler,
+                                                      int(self.hp["batch_size"]), self.tokenizer.pad_token_id)
+                loss_total = self.dp.step(micro_batches)
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
             step_loss = float(loss_total)  # the step's one wait on the device
             seconds = time.perf_counter() - started
 
@@ -332,18 +367,22 @@ class QLoRATrainer:
             metrics = {
                 "step": step,
                 "total_steps": self.total_steps,
-                "loss": step_loss / step_label_tokens,
+                # None for an empty DP draw (a noise-only step): there was no loss to measure.
+                "loss": step_loss / step_label_tokens if micro_batches else None,
                 "learning_rate": learning_rate,
                 "tokens_per_second": step_tokens / seconds,
                 "trained_tokens": self.state.trained_tokens,
-                "epoch": self.stream.epochs_done,
+                "epoch": self.stream.epochs_done if self.dp is None else step * self.dp.sample_rate,
             }
+            if self.dp is not None:
+                metrics["dp_examples"] = sum(b.input_ids.shape[0] for b in micro_batches)
             self.state.history.append({
                 "type": "step", **metrics, "label_tokens": step_label_tokens, "step_seconds": seconds,
                 "step_tokens": step_tokens, "step_slots": sum(b.slots for b in micro_batches),
             })
             if self._step_event_due(step):
-                self.events.emit("step", f"step {step}/{self.total_steps} loss {metrics['loss']:.4f}", metrics)
+                shown = f"loss {metrics['loss']:.4f}" if metrics["loss"] is not None else "no rows drawn (noise only)"
+                self.events.emit("step", f"step {step}/{self.total_steps} {shown}", metrics)
             if eval_every and step % eval_every == 0 and step < self.total_steps:
                 try:
                     loss, _ = self._evaluate(step, with_accuracy=False)
@@ -364,6 +403,23 @@ class QLoRATrainer:
             if checkpoint_every and step % checkpoint_every == 0 and step < self.total_steps:
                 self.save_checkpoint()
 
+    def _step(self, max_grad_norm: float) -> tuple[list[Any], torch.Tensor]:
+        """One ordinary optimizer step over the stream's next packed micro-batches; returns them and their summed loss."""
+        micro_batches = self.stream.next_step(self.accumulation)
+        # Token-normalised accumulation: divide by the answer tokens of the whole step, so each
+        # token counts the same whichever micro-batch it is in.
+        step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
+        loss_total = torch.zeros((), device=self.device)
+        for batch in micro_batches:
+            loss_sum, _ = summed_token_loss(self.model, batch)
+            (loss_sum / step_label_tokens).backward()
+            loss_total += loss_sum.detach()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return micro_batches, loss_total
+
     def save_checkpoint(self) -> None:
         started = time.perf_counter()
         path = checkpoints.save_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state)
@@ -377,7 +433,7 @@ class QLoRATrainer:
     # Finishing ------------------------------------------------------------------------
 
     def _train_loss(self) -> float:
-        steps = [h for h in self.state.history if h["type"] == "step"][-TRAIN_LOSS_TAIL_STEPS:]
+        steps = [h for h in self.state.history if h["type"] == "step" and h["loss"] is not None][-TRAIN_LOSS_TAIL_STEPS:]
         tokens = sum(h["label_tokens"] for h in steps)
         return sum(h["loss"] * h["label_tokens"] for h in steps) / tokens if tokens else float("nan")
 
@@ -391,12 +447,14 @@ class QLoRATrainer:
         if accuracy is not None:
             metrics["accuracy"] = accuracy
         self._record(self.events.emit("eval", self._describe(f"step {self.state.step}", loss, accuracy), metrics))
+        self._report_privacy(self.state.step)
         return loss, accuracy
 
     def finish(self) -> dict[str, float]:
         """Final eval, then the adapter and metrics.json, written atomically; returns the result metrics."""
         try:
             eval_final, accuracy = self._final_eval()
+            self.memorization_result = self._audit_memorization()
         except StopRequested:
             self.save_checkpoint()  # all steps are done; a resumed job goes straight to this eval
             raise
@@ -417,6 +475,8 @@ class QLoRATrainer:
             "padding_fraction": self.state.padded_slots / max(1, self.state.trained_tokens + self.state.padded_slots),
             "peak_memory_bytes": measured_peak_bytes(self.device),
             "estimated_peak_memory_bytes": (self.spec.memory_estimate or {}).get("total"),
+            **(self.dp.figures() if self.dp is not None else {}),
+            **canary_audit.figures(self.memorization_result),
         }
         result = {k: float(v) for k, v in result.items() if v is not None and math.isfinite(float(v))}
         self._export(result)
@@ -451,6 +511,7 @@ class QLoRATrainer:
                     "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
                     "quantization": "bitsandbytes nf4, double quantization",
                 },
+                "privacy": {"differential_privacy": self._privacy(), "memorization_audit": self.memorization_result},
                 "history": self.state.history,
             }
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
@@ -468,6 +529,43 @@ class QLoRATrainer:
                 shutil.rmtree(staging, ignore_errors=True)
         if self.hp.get("export_merged"):
             self._export_merged(output)
+
+    def _audit_memorization(self) -> dict[str, Any] | None:
+        """Canary exposure and identifier leaks of the final adapter, as events; None when the job asked for no audit."""
+        found = self.memorization.run(self.model, self.tokenizer, self.spec, self.stop)
+        if found is None:
+            return None
+        for canary in found["canaries"]:
+            self.events.emit(
+                "canary",
+                f"canary planted {canary['repetitions']}x: exposure {canary['exposure_bits']:.2f} bits "
+                f"(rank {canary['rank']} of {canary['candidates'] + 1}; chance {found['chance_exposure_bits']:.2f}), "
+                + ("EXTRACTED by greedy decoding" if canary["extracted"] else "not extracted"),
+                {k: float(canary[k]) for k in ("repetitions", "rank", "exposure_bits", "extrapolated_bits", "extracted")
+                 if math.isfinite(float(canary[k]))},
+            )
+        leaks = found["identifier_leaks"]
+        self.events.emit(
+            "memorization",
+            f"{found['canaries_extracted']} of {len(found['canaries'])} canaries extractable; "
+            f"{leaks['identifiers_reproduced']} of {leaks['identifiers_at_risk']} identifiers in training answers "
+            f"repeated from {leaks['rows_probed']} of their questions",
+            canary_audit.figures(found),
+        )
+        return found
+
+    def _privacy(self) -> dict[str, Any] | None:
+        """The DP guarantee as the compliance report states it; None for a job without DP."""
+        if self.dp is None:
+            return None
+        figures = self.dp.figures()
+        return {
+            "epsilon": figures["dp_epsilon"], "delta": figures["dp_delta"], "accountant": self.dp.accountant_name,
+            "noise_multiplier": figures["dp_noise_multiplier"], "sample_rate": figures["dp_sample_rate"],
+            "steps": self.dp.steps, "max_grad_norm": figures["dp_max_grad_norm"],
+            "expected_batch": self.dp_plan.expected_batch, "sampling": "poisson",
+            "unit": "one training row", "trained": "LoRA weights only",
+        }
 
     def _export_merged(self, adapter_dir: Path) -> None:
         """Base (dequantized from the NF4 weights the adapter was trained on) + adapter, in 16-bit.
@@ -491,5 +589,6 @@ class QLoRATrainer:
         self.baseline()
         self.train()
         result = self.finish()
-        self.events.emit("result", self._describe("final", result["eval_loss"], result.get("accuracy")), result)
+        extra = {"dp_accountant": self.dp.accountant_name} if self.dp is not None else {}
+        self.events.emit("result", self._describe("final", result["eval_loss"], result.get("accuracy")), result, **extra)
         return result

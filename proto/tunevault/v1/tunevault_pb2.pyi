@@ -87,7 +87,7 @@ class DatasetMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "name", "sha256", "row_count", "size_bytes", "format", "created_at")
+    __slots__ = ("id", "name", "sha256", "row_count", "size_bytes", "format", "created_at", "encryption_key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Dataset(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     sha256: str
@@ -102,7 +103,8 @@ class Dataset(_message.Message):
     size_bytes: int
     format: DatasetFormat
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., row_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    encryption_key_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., row_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encryption_key_id: _Optional[str] = ...) -> None: ...
 
 class UploadDatasetResponse(_message.Message):
     __slots__ = ("dataset",)
@@ -138,8 +140,24 @@ class ListDatasetsResponse(_message.Message):
     next_page_token: str
     def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id",)
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetResponse(_message.Message):
+    __slots__ = ("dataset", "freed_bytes", "destroyed_key_id")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    freed_bytes: int
+    destroyed_key_id: str
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., freed_bytes: _Optional[int] = ..., destroyed_key_id: _Optional[str] = ...) -> None: ...
+
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience", "truncation")
+    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience", "truncation", "dp_epsilon", "dp_noise_multiplier", "dp_delta", "dp_max_grad_norm", "dp_accountant", "canary_repetitions", "canary_secrets")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +181,13 @@ class Hyperparameters(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DP_DELTA_FIELD_NUMBER: _ClassVar[int]
+    DP_MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    DP_ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_REPETITIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SECRETS_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     max_steps: int
     learning_rate: float
@@ -186,7 +211,14 @@ class Hyperparameters(_message.Message):
     gradient_checkpointing: bool
     early_stopping_patience: int
     truncation: str
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ...) -> None: ...
+    dp_epsilon: float
+    dp_noise_multiplier: float
+    dp_delta: float
+    dp_max_grad_norm: float
+    dp_accountant: str
+    canary_repetitions: _containers.RepeatedScalarFieldContainer[int]
+    canary_secrets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_accountant: _Optional[str] = ..., canary_repetitions: _Optional[_Iterable[int]] = ..., canary_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii")
@@ -248,7 +280,7 @@ class JobResult(_message.Message):
     def __init__(self, adapter_path: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant")
+    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +307,7 @@ class Job(_message.Message):
     ARTIFACTS_DELETED_FIELD_NUMBER: _ClassVar[int]
     PII_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     dataset_id: str
@@ -301,7 +334,8 @@ class Job(_message.Message):
     artifacts_deleted: bool
     pii: PiiMode
     tenant: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    encryption_key_id: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ..., encryption_key_id: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -376,12 +410,14 @@ class DeleteJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class DeleteJobResponse(_message.Message):
-    __slots__ = ("job", "freed_bytes")
+    __slots__ = ("job", "freed_bytes", "destroyed_key_id")
     JOB_FIELD_NUMBER: _ClassVar[int]
     FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     job: Job
     freed_bytes: int
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+    destroyed_key_id: str
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., freed_bytes: _Optional[int] = ..., destroyed_key_id: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -50,6 +50,11 @@ class TuneVaultStub:
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/tunevault.v1.TuneVault/DeleteDataset',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
         self.CreateJob = channel.unary_unary(
                 '/tunevault.v1.TuneVault/CreateJob',
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.CreateJobRequest.SerializeToString,
@@ -158,6 +163,14 @@ class TuneVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDataset(self, request, context):
+        """Deletes a dataset: removes its file and destroys its data key (crypto-shredding), so no copy
+        or backup of the file can be decrypted. FAILED_PRECONDITION while an unfinished job uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateJob(self, request, context):
         """Creates a fine-tune job on a stored dataset. Safe to retry with the same idempotency key.
         """
@@ -201,7 +214,8 @@ class TuneVaultServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Deletes a finished job's artifacts and checkpoints; the job's record stays for the audit.
+        """Deletes a finished job's artifacts and checkpoints and destroys its data key (crypto-shredding);
+        the job's record stays for the audit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,6 +301,11 @@ def add_TuneVaultServicer_to_server(servicer, server):
                     servicer.ListDatasets,
                     request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsRequest.FromString,
                     response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetResponse.SerializeToString,
             ),
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
@@ -451,6 +470,33 @@ class TuneVault:
             '/tunevault.v1.TuneVault/ListDatasets',
             tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsRequest.SerializeToString,
             tunevault_dot_v1_dot_tunevault__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/DeleteDataset',
+            tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.DeleteDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
