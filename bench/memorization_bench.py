@@ -55,9 +55,10 @@ def run_arm(name: str, pii: str, train: Path, model_dir: Path, steps: int, work:
                                 "canary_repetitions": [1, 4, 16]}}
     (job_dir / "spec.json").write_text(json.dumps(spec))
     started = time.perf_counter()
-    with (job_dir / "worker.log").open("wb") as log:
+    # Events go to a file as they come, so a long arm can be watched (tail events.jsonl).
+    with (job_dir / "worker.log").open("wb") as log, (job_dir / "events.jsonl").open("w") as events:
         done = subprocess.run([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(work), name],
-                              stdout=subprocess.PIPE, stderr=log, text=True, check=False)
+                              stdout=events, stderr=log, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}); see {job_dir / 'worker.log'}")
     metrics = json.loads((job_dir / "artifacts" / "metrics.json").read_text())
@@ -77,6 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunevault-memorization-") as scratch:
         work = Path(scratch)
+        print(f"working in {work}", flush=True)
         train = work / "referrals.jsonl"
         train.write_text("\n".join(json.dumps(r) for r in make_rows(args.rows, random.Random(11))) + "\n")
         arms = {name: run_arm(name, pii, train, args.models_dir / args.model, args.steps, work / "jobs")
