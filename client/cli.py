@@ -307,6 +307,23 @@ def cmd_download(args: argparse.Namespace) -> int:
 REPORT_FILES = ("metrics.json", "report.md", "loss_curve.png")
 
 
+def cmd_privacy_report(args: argparse.Namespace) -> int:
+    from tunevault.client import privacy_report
+
+    with _client(args) as client:
+        job = client.get_job(args.job)
+        datasets = [("train", client.get_dataset(job.dataset_id))]
+        if job.validation_dataset_id:
+            datasets.append(("validation", client.get_dataset(job.validation_dataset_id)))
+        events = list(client.stream_events(job.id, follow=False))
+        report = privacy_report.build(job, datasets, events, client.get_status().retention_days)
+    if args.json:
+        _print_json(report)
+    else:
+        print(privacy_report.render(report), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """The report travels inside the adapter archive: fetch it into a scratch folder, keep only what was asked."""
     with tempfile.TemporaryDirectory(prefix="tunevault-report-") as scratch:
@@ -583,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("report", cmd_report, "print a finished job's report (--json: its metrics.json)")
     report.add_argument("job")
     report.add_argument("--out", type=Path, help="also save metrics.json, report.md and loss_curve.png in this folder")
+
+    privacy = add("privacy-report", cmd_privacy_report,
+                  "a job's privacy report: data hashes, PII, DP epsilon, memorization audit, keys, retention")
+    privacy.add_argument("job")  # --json (every command has it) prints it as JSON
 
     generate = add("generate", cmd_generate, "complete a prompt with a job's adapter (or --base MODEL)")
     generate.add_argument("job", nargs="?")

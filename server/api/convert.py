@@ -93,6 +93,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: s
         message.result.CopyFrom(pb.JobResult(
             adapter_path=job.result.get("adapter_path", ""), metrics=job.result.get("metrics", {}),
             artifact_size_bytes=int(job.result.get("artifact_size_bytes", 0)),
+            adapter_sha256=job.result.get("adapter_sha256", ""),
         ))
     return message
 

@@ -246,7 +246,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             version=self.version, jobs_by_state=counts, running_jobs=[self._job_message(j) for j in running],
             data_bytes=disk_usage(self.config.data_dir) if scope is None else self.store.tenant_usage(scope)[0],
             disk_free_bytes=shutil.disk_usage(self.config.data_dir).free,
-            uptime_seconds=time.monotonic() - self.started,
+            uptime_seconds=time.monotonic() - self.started, retention_days=self.config.retention_days,
         )
 
     # Models, artifacts, generation ---------------------------------------------------

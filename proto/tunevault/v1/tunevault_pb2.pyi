@@ -263,7 +263,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., attempt: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("adapter_path", "metrics", "artifact_size_bytes")
+    __slots__ = ("adapter_path", "metrics", "artifact_size_bytes", "adapter_sha256")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -274,10 +274,12 @@ class JobResult(_message.Message):
     ADAPTER_PATH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     adapter_path: str
     metrics: _containers.ScalarMap[str, float]
     artifact_size_bytes: int
-    def __init__(self, adapter_path: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
+    adapter_sha256: str
+    def __init__(self, adapter_path: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_size_bytes: _Optional[int] = ..., adapter_sha256: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id")
@@ -455,7 +457,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("version", "jobs_by_state", "running_jobs", "data_bytes", "disk_free_bytes", "uptime_seconds")
+    __slots__ = ("version", "jobs_by_state", "running_jobs", "data_bytes", "disk_free_bytes", "uptime_seconds", "retention_days")
     class JobsByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -469,13 +471,15 @@ class GetStatusResponse(_message.Message):
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     version: str
     jobs_by_state: _containers.ScalarMap[str, int]
     running_jobs: _containers.RepeatedCompositeFieldContainer[Job]
     data_bytes: int
     disk_free_bytes: int
     uptime_seconds: float
-    def __init__(self, version: _Optional[str] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    retention_days: float
+    def __init__(self, version: _Optional[str] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., retention_days: _Optional[float] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("id", "tenant", "role", "name", "created_at", "revoked_at")
