@@ -18,7 +18,6 @@ Exit status 0 after "validated", 1 after "error".
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -86,21 +85,18 @@ def run(jobs_dir: Path, job_id: str) -> int:
         egress_guard.raise_if_blocked()
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure becomes one error event
-        from tunevault.server.worker import _egress_first, classify
+        from tunevault.server.worker import classify, egress_first
 
         traceback.print_exc(file=sys.stderr)
-        code, message = classify(_egress_first(exc))
+        code, message = classify(egress_first(exc))
         events.emit("error", message, {}, code=code)
         return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs-dir", type=Path, required=True, help="directory holding JOB_ID/spec.json")
-    parser.add_argument("job_id")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args.jobs_dir, args.job_id)
+    from tunevault.server.worker import job_process_main
+
+    return job_process_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

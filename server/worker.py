@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "INTERNAL", _one_line(f"{type(exc).__name__}: {exc}")
 
 
-def _egress_first(exc: BaseException) -> BaseException:
+def egress_first(exc: BaseException) -> BaseException:
     """A blocked network attempt is the job's failure even when the error that surfaced is another one."""
     try:
         egress_guard.raise_if_blocked()
@@ -146,7 +147,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         traceback.print_exc(file=sys.stderr)
-        code, message = classify(_egress_first(exc))
+        code, message = classify(egress_first(exc))
         try:
             events.emit("error", message, {}, code=code)
         except ParentGone:
@@ -157,13 +158,18 @@ def run(jobs_dir: Path, job_id: str) -> int:
             sealed.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def job_process_main(run_job: Callable[[Path, str], int], description: str, argv: list[str] | None = None) -> int:
+    """The command line of a per-job process (this worker, the validator): --jobs-dir DIR JOB_ID, logs on stderr."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--jobs-dir", type=Path, required=True, help="directory holding JOB_ID/spec.json")
     parser.add_argument("job_id")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args.jobs_dir, args.job_id)
+    return run_job(args.jobs_dir, args.job_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_process_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
