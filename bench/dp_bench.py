@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def make_row(rng: random.Random) -> dict[str, Any]:
         team = rng.choice(list(TEMPLATES))
         text = rng.choice(TEMPLATES[team])
     urgent = rng.random() < 0.3
-    ticket = text.format(p=product) + " " + rng.choice(URGENT if urgent else CALM)
+    # An order number makes (nearly) every row distinct, as real tickets are, at about 3 tokens a row.
+    ticket = f"#{rng.randrange(10_000)} " + text.format(p=product) + " " + rng.choice(URGENT if urgent else CALM)
     answer = f"{team} {'high' if urgent else 'low'}"
     return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket},
                          {"role": "assistant", "content": answer}]}
@@ -82,8 +84,11 @@ def write_dataset(path: Path, rows: int, seed: int) -> Path:
 
 
 def run_job(jobs_dir: Path, job_id: str, model: Path, train: Path, validation: Path,
-            hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """A real worker job, as the scheduler starts one; returns its result metrics, events and wall time."""
+            hyperparameters: dict[str, Any], cpus: set[int] | None = None) -> dict[str, Any]:
+    """A real worker job, as the scheduler starts one; returns its result metrics, events and wall time.
+
+    `cpus` pins the worker (and so its thread count, which follows the affinity mask) to those cores.
+    """
     job_dir = jobs_dir / job_id
     job_dir.mkdir(parents=True)
     spec = {"job_id": job_id, "base_model_dir": str(model), "train_file": str(train),
@@ -91,16 +96,41 @@ def run_job(jobs_dir: Path, job_id: str, model: Path, train: Path, validation: P
             "checkpoint_dir": str(job_dir / "checkpoints"), "hyperparameters": hyperparameters}
     (job_dir / "spec.json").write_text(json.dumps(spec))
     started = time.perf_counter()
-    with (job_dir / "worker.log").open("wb") as log:
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    # Events go to a file as they come, so a long run can be watched (tail events.jsonl).
+    with (job_dir / "worker.log").open("wb") as log, (job_dir / "events.jsonl").open("w") as out:
         done = subprocess.run([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(jobs_dir), job_id],
-                              stdout=subprocess.PIPE, stderr=log, text=True, check=False)
+                              stdout=out, stderr=log, text=True, check=False, preexec_fn=pin)
     wall = time.perf_counter() - started
-    events = [json.loads(line) for line in done.stdout.splitlines()]
+    events = [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines()]
     results = [e for e in events if e["type"] == "result"]
     if done.returncode != 0 or not results:
         errors = [e["message"] for e in events if e["type"] == "error"]
         raise SystemExit(f"{job_id} failed ({done.returncode}): {errors}; see {job_dir / 'worker.log'}")
     return {"result": results[0]["metrics"], "events": events, "wall_seconds": wall}
+
+
+def run_arms(jobs_dir: Path, model: Path, train: Path, validation: Path,
+             arms: dict[str, dict[str, Any]], parallel: bool) -> dict[str, dict[str, Any]]:
+    """Each arm as its own worker; with `parallel`, side by side, each pinned to its own half of the cores.
+
+    Side by side, both arms meet the same machine load, which a shared CPU makes fairer than one after the other.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if not parallel or len(cores) < len(arms):
+        runs = {}
+        for name, hyperparameters in arms.items():
+            print(f"running {name} ...", flush=True)
+            runs[name] = run_job(jobs_dir, f"{name}-{os.getpid()}", model, train, validation, hyperparameters)
+        return runs
+    share = len(cores) // len(arms)
+    with ThreadPoolExecutor(len(arms)) as pool:
+        futures = {name: pool.submit(run_job, jobs_dir, f"{name}-{os.getpid()}", model, train, validation,
+                                     hyperparameters, set(cores[i * share:(i + 1) * share]))
+                   for i, (name, hyperparameters) in enumerate(arms.items())}
+        print(f"running {', '.join(arms)} side by side, {share} core(s) each; events in {jobs_dir}/*/events.jsonl",
+              flush=True)
+        return {name: future.result() for name, future in futures.items()}
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -120,11 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=5000, help="training rows (the DP unit)")
     parser.add_argument("--validation-rows", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32, help="rows per micro-batch")
-    parser.add_argument("--accumulation", type=int, default=2, help="micro-batches per step (expected batch = product)")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--accumulation", type=int, default=4, help="micro-batches per step (expected batch = product)")
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--lora-r", type=int, default=4)
+    parser.add_argument("--lora-targets", default="q_proj,v_proj",
+                        help="comma-separated module names; DP's noise grows with the trainable parameter count")
     parser.add_argument("--epsilon", type=float, default=8.0)
-    parser.add_argument("--accuracy-examples", type=int, default=0, help="validation rows scored by exact match (0 = off)")
+    parser.add_argument("--eval-every", type=int, default=10, help="steps between eval losses (the learning curve)")
+    parser.add_argument("--accuracy-examples", type=int, default=100,
+                        help="validation rows scored by exact match of the greedy answer (0 = off)")
+    parser.add_argument("--sequential", action="store_true", help="run the arms one after the other on all cores")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--jobs-dir", type=Path, help="where the two jobs run (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
@@ -135,34 +171,43 @@ def main(argv: list[str] | None = None) -> int:
     train = write_dataset(jobs_dir / "train.jsonl", args.rows, args.seed)
     validation = write_dataset(jobs_dir / "validation.jsonl", args.validation_rows, args.seed + 1)
     common = {"batch_size": args.batch_size, "gradient_accumulation_steps": args.accumulation,
-              "max_steps": args.steps, "learning_rate": args.learning_rate, "eval_every": 0,
-              "checkpoint_every": 0, "eval_accuracy_max_examples": args.accuracy_examples, "seed": args.seed}
-    runs = {}
-    for name, extra in (("non_dp", {}), ("dp", {"dp_epsilon": args.epsilon})):
-        print(f"running {name} ...", flush=True)
-        runs[name] = run_job(jobs_dir, f"{name}-{os.getpid()}", args.model, train, validation, {**common, **extra})
-        print(f"  {name}: eval loss {runs[name]['result']['eval_loss']:.4f} in {runs[name]['wall_seconds']:.0f} s", flush=True)
-
-    plain, private = summary(runs["non_dp"]), summary(runs["dp"])
-    dp_result = runs["dp"]["result"]
-    accountant = next((e.get("dp_accountant") for e in runs["dp"]["events"] if e["type"] == "result"), None)
-    figures = {
-        "model": args.model.name, "train_rows": args.rows, "validation_rows": args.validation_rows,
-        "expected_batch": args.batch_size * args.accumulation, "hyperparameters": common,
-        "non_dp": plain, "dp": private,
-        "relative_eval_loss_difference": (private["eval_loss"] - plain["eval_loss"]) / plain["eval_loss"],
-        "target_epsilon": args.epsilon, "epsilon_spent": dp_result["dp_epsilon"], "delta": dp_result["dp_delta"],
-        "accountant": accountant, "noise_multiplier": dp_result["dp_noise_multiplier"],
-        "sample_rate": dp_result["dp_sample_rate"], "dp_steps": int(dp_result["dp_steps"]),
-        "per_step_time_ratio": private["seconds_per_step"] / plain["seconds_per_step"],
-        "dp_warnings": [e["message"] for e in runs["dp"]["events"] if e["type"] == "dp.warning"],
-        "note": "wall times on a CPU shared with other work are noisy",
-    }
+              "max_steps": args.steps, "learning_rate": args.learning_rate, "lora_r": args.lora_r,
+              "lora_target_modules": args.lora_targets.split(","), "lora_dropout": 0.0,
+              "eval_every": args.eval_every, "checkpoint_every": 0, "early_stopping_patience": 0,
+              "eval_accuracy_max_examples": args.accuracy_examples, "seed": args.seed}
+    runs = run_arms(jobs_dir, args.model, train, validation,
+                    {"non_dp": common, "dp": {**common, "dp_epsilon": args.epsilon}}, parallel=not args.sequential)
+    figures = compare(runs, args, common)
     print(json.dumps(figures, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=1) + "\n")
     return 0
+
+
+def compare(runs: dict[str, dict[str, Any]], args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
+    plain, private = summary(runs["non_dp"]), summary(runs["dp"])
+    dp_result = runs["dp"]["result"]
+    base = plain["base_eval_loss"]
+    return {
+        "model": args.model.name, "train_rows": args.rows, "validation_rows": args.validation_rows,
+        "expected_batch": args.batch_size * args.accumulation, "hyperparameters": common,
+        "non_dp": plain, "dp": private,
+        "relative_eval_loss_difference": (private["eval_loss"] - plain["eval_loss"]) / plain["eval_loss"],
+        # How much of the non-DP run's improvement over the base model DP kept: a DP run that learnt
+        # nothing would be far from 1 even where both losses are small.
+        "improvement_kept": (base - private["eval_loss"]) / (base - plain["eval_loss"]) if base else None,
+        "target_epsilon": args.epsilon, "epsilon_spent": dp_result["dp_epsilon"], "delta": dp_result["dp_delta"],
+        "accountant": next(e.get("dp_accountant") for e in runs["dp"]["events"] if e["type"] == "result"), "noise_multiplier": dp_result["dp_noise_multiplier"],
+        "sample_rate": dp_result["dp_sample_rate"], "dp_steps": int(dp_result["dp_steps"]),
+        "noise_per_expected_batch": dp_result["dp_noise_multiplier"] / (args.batch_size * args.accumulation),
+        "per_step_time_ratio": private["seconds_per_step"] / plain["seconds_per_step"],
+        "dp_warnings": [e["message"] for e in runs["dp"]["events"] if e["type"] == "dp.warning"],
+        "eval_curves": {name: [(int(e["metrics"]["step"]), e["metrics"]["eval_loss"]) for e in run["events"]
+                               if e["type"] == "eval" and "eval_loss" in e.get("metrics", {})]
+                        for name, run in runs.items()},
+        "note": "wall times on a CPU shared with other work are noisy",
+    }
 
 
 if __name__ == "__main__":
