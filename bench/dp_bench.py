@@ -77,9 +77,16 @@ def make_row(rng: random.Random) -> dict[str, Any]:
                          {"role": "assistant", "content": answer}]}
 
 
-def write_dataset(path: Path, rows: int, seed: int) -> Path:
+def as_completion(row: dict[str, Any]) -> dict[str, Any]:
+    """The same ticket as a prompt/completion row: no chat template, about half the tokens."""
+    _, user, assistant = row["messages"]
+    return {"prompt": f"Ticket: {user['content']}\nRoute:", "completion": f" {assistant['content']}"}
+
+
+def write_dataset(path: Path, rows: int, seed: int, row_format: str = "chat") -> Path:
     rng = random.Random(seed)
-    path.write_text("".join(json.dumps(make_row(rng)) + "\n" for _ in range(rows)))
+    shape = as_completion if row_format == "completion" else (lambda row: row)
+    path.write_text("".join(json.dumps(shape(make_row(rng))) + "\n" for _ in range(rows)))
     return path
 
 
@@ -153,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accumulation", type=int, default=4, help="micro-batches per step (expected batch = product)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--dp-learning-rate", type=float,
+                        help="the DP arm's rate, if not --learning-rate: Adam's steps on noisy gradients carry "
+                             "less signal each, so DP runs are tuned to a higher rate")
     parser.add_argument("--lora-r", type=int, default=4)
     parser.add_argument("--lora-targets", default="q_proj,v_proj",
                         help="comma-separated module names; DP's noise grows with the trainable parameter count")
@@ -160,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=10, help="steps between eval losses (the learning curve)")
     parser.add_argument("--accuracy-examples", type=int, default=100,
                         help="validation rows scored by exact match of the greedy answer (0 = off)")
+    parser.add_argument("--format", choices=("chat", "completion"), default="chat",
+                        help="chat rows (system, ticket, answer) or prompt/completion rows, about half as long")
     parser.add_argument("--sequential", action="store_true", help="run the arms one after the other on all cores")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--jobs-dir", type=Path, help="where the two jobs run (default: a temporary folder)")
@@ -168,15 +180,17 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs_dir = args.jobs_dir or Path(tempfile.mkdtemp(prefix="dp-bench-"))
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    train = write_dataset(jobs_dir / "train.jsonl", args.rows, args.seed)
-    validation = write_dataset(jobs_dir / "validation.jsonl", args.validation_rows, args.seed + 1)
+    train = write_dataset(jobs_dir / "train.jsonl", args.rows, args.seed, args.format)
+    validation = write_dataset(jobs_dir / "validation.jsonl", args.validation_rows, args.seed + 1, args.format)
     common = {"batch_size": args.batch_size, "gradient_accumulation_steps": args.accumulation,
               "max_steps": args.steps, "learning_rate": args.learning_rate, "lora_r": args.lora_r,
               "lora_target_modules": args.lora_targets.split(","), "lora_dropout": 0.0,
               "eval_every": args.eval_every, "checkpoint_every": 0, "early_stopping_patience": 0,
               "eval_accuracy_max_examples": args.accuracy_examples, "seed": args.seed}
     runs = run_arms(jobs_dir, args.model, train, validation,
-                    {"non_dp": common, "dp": {**common, "dp_epsilon": args.epsilon}}, parallel=not args.sequential)
+                    {"non_dp": common, "dp": {**common, "dp_epsilon": args.epsilon,
+                                              "learning_rate": args.dp_learning_rate or args.learning_rate}},
+                    parallel=not args.sequential)
     figures = compare(runs, args, common)
     print(json.dumps(figures, indent=1))
     if args.out:
@@ -190,8 +204,9 @@ def compare(runs: dict[str, dict[str, Any]], args: argparse.Namespace, common: d
     dp_result = runs["dp"]["result"]
     base = plain["base_eval_loss"]
     return {
-        "model": args.model.name, "train_rows": args.rows, "validation_rows": args.validation_rows,
+        "model": args.model.name, "format": args.format, "train_rows": args.rows, "validation_rows": args.validation_rows,
         "expected_batch": args.batch_size * args.accumulation, "hyperparameters": common,
+        "dp_learning_rate": args.dp_learning_rate or args.learning_rate,
         "non_dp": plain, "dp": private,
         "relative_eval_loss_difference": (private["eval_loss"] - plain["eval_loss"]) / plain["eval_loss"],
         # How much of the non-DP run's improvement over the base model DP kept: a DP run that learnt
