@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tunevault.server.privacy import encryption, keys
+from tunevault.server.privacy import canary_secrets, encryption, keys
 from tunevault.server.privacy.encryption import (
     CHUNK_SIZE,
     MAGIC,
@@ -253,6 +253,30 @@ def test_shredding_makes_copies_undecryptable_and_leaves_no_key_bytes(database: 
     assert not any(wrapped in f.read_bytes() for f in files if f.exists())
 
 
+def test_canary_secrets_are_withheld_sealed_and_restored(database: Path, tmp_path: Path) -> None:
+    store = KeyStore(database, _master())
+    key = store.get_or_create("job", "job_1")
+    given = {"canary_repetitions": [1, 4, 16], "canary_secrets": ["acct 0042-7781", "Ms. Ellery Vance"]}
+    stored, withheld = canary_secrets.withhold(given)
+    assert stored["canary_secrets"] == [canary_secrets.PLACEHOLDER] * 2 and withheld == given["canary_secrets"]
+    assert canary_secrets.withhold({"canary_repetitions": [1]}) == ({"canary_repetitions": [1]}, [])
+    with pytest.raises(ValueError, match="not a secret"):
+        canary_secrets.withhold({"canary_secrets": [canary_secrets.PLACEHOLDER]})
+
+    job_dir = tmp_path / "jobs" / "job_1"
+    with pytest.raises(canary_secrets.SecretsUnavailable):
+        canary_secrets.restore(stored, job_dir, store.unwrap)  # placeholders without their file
+    path = canary_secrets.seal(withheld, job_dir, key)
+    assert b"Ellery" not in path.read_bytes()
+    assert canary_secrets.restore(stored, job_dir, store.unwrap) == tuple(withheld)
+    # A plain spec (a worker run by hand) carries its secrets in the hyperparameters themselves.
+    assert canary_secrets.restore(given, job_dir, None) == tuple(withheld)
+    store.shred("job", "job_1")
+    with pytest.raises(KeyDestroyed):
+        canary_secrets.restore(stored, job_dir, store.unwrap)
+    store.close()
+
+
 def test_rotation_rewraps_keys_without_touching_files(database: Path, tmp_path: Path) -> None:
     old, new = _master(), _master()
     store = KeyStore(database, old)
@@ -309,6 +333,7 @@ def test_master_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 # A real job through the real server ---------------------------------------------------------
 
 SECRETS = ("Zyqhurian Blastowicz", "MRN-77Q-993817", "quokkafennel")  # distinctive enough to grep for
+CANARY_SECRET = "Vexmorrow Quintal 5521"  # a memorization-audit secret: write-only, sealed like the data
 SAFETENSORS_HEADER_MARKS = (b"lora_A.weight", b'"dtype":"', b"__metadata__")
 
 
@@ -326,7 +351,7 @@ def _secret_dataset(path: Path, rows: int = 24) -> Path:
 
 def _grep_data_dir(data_dir: Path) -> list[str]:
     """Every (file, needle) where a plaintext secret or safetensors header shows up under data_dir."""
-    needles = [s.encode() for s in SECRETS] + list(SAFETENSORS_HEADER_MARKS)
+    needles = [s.encode() for s in (*SECRETS, CANARY_SECRET)] + list(SAFETENSORS_HEADER_MARKS)
     found = []
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
         raw = path.read_bytes()
@@ -339,9 +364,13 @@ def test_a_real_job_leaves_no_plaintext_and_deletion_shreds_it(server, tmp_path:
         dataset = client.upload_dataset(_secret_dataset(tmp_path / "secret.jsonl"))
         assert dataset.encryption_key_id.startswith("dk_")
         job = client.create_job(dataset.id, "tiny-llama", {"max_steps": 4, "batch_size": 2, "eval_every": 2,
-                                                           "checkpoint_every": 2, "eval_accuracy_max_examples": 2})
+                                                           "checkpoint_every": 2, "eval_accuracy_max_examples": 2,
+                                                           "canary_repetitions": [2], "canary_secrets": [CANARY_SECRET]})
+        assert list(job.hyperparameters.canary_secrets) == [canary_secrets.PLACEHOLDER]
         done = wait_for_state(client, job.id, {"SUCCEEDED", "FAILED"}, timeout=600)
         assert done.state == pb.JOB_STATE_SUCCEEDED, (done, server.log())
+        planted = [e for e in client.stream_events(job.id, follow=False) if e.type == "canary"]
+        assert [e.metrics["user_supplied"] for e in planted] == [1.0], "the unsealed secret was planted"
         assert done.encryption_key_id.startswith("dk_") and done.encryption_key_id != dataset.encryption_key_id
         assert client.list_checkpoints(job.id), "the sealed checkpoints are listed with their metrics"
 
@@ -362,7 +391,14 @@ def test_a_real_job_leaves_no_plaintext_and_deletion_shreds_it(server, tmp_path:
         assert struct.unpack("<Q", downloaded[:8])[0] < len(downloaded) and b"lora_A.weight" in downloaded
         assert client.generate("Route: itchy rash", job_id=job.id, max_tokens=4).completion_tokens >= 1
 
-        # 3. A dataset an unfinished job needs cannot be deleted.
+        # 3. The placeholder GetJob shows is refused as a secret (a copied job would audit nothing).
+        with pytest.raises(grpc.RpcError) as placeholder:
+            client.create_job(dataset.id, "tiny-llama", {"canary_repetitions": [1],
+                                                         "canary_secrets": [canary_secrets.PLACEHOLDER]})
+        assert placeholder.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "hyperparameters.canary_secrets" in placeholder.value.details()
+
+        # 4. A dataset an unfinished job needs cannot be deleted.
         waiting = client.create_job(dataset.id, "tiny-llama", {"max_steps": 1}, not_before=time.time() + 86400)
         with pytest.raises(grpc.RpcError) as refused:
             client.delete_dataset(dataset.id)
@@ -370,7 +406,7 @@ def test_a_real_job_leaves_no_plaintext_and_deletion_shreds_it(server, tmp_path:
         client.cancel_job(waiting.id)
         wait_for_state(client, waiting.id, {"CANCELLED"}, timeout=60)
 
-        # 4. Backups taken before deletion are useless after it: the keys are gone.
+        # 5. Backups taken before deletion are useless after it: the keys are gone.
         backup = tmp_path / "backup"
         shutil.copytree(data_dir, backup)
         deleted_job = client.delete_job(job.id)

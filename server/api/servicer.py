@@ -21,6 +21,7 @@ from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tunevault.server.inference_client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
+from tunevault.server.privacy import canary_secrets
 from tunevault.server.privacy.keys import default_store
 from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
 from tunevault.server.store import DatasetRecord, JobRecord, JobState, Store
@@ -121,6 +122,11 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             hp.resolve(validated, train_rows=dataset.row_count, has_validation_file=bool(request.validation_dataset_id))
         except hp.HyperparameterError as error:
             raise InvalidArgument(f"hyperparameters.{error.field}", error.reason) from error
+        try:
+            # From here on the job row, the audit log and spec.json hold placeholders for user secrets.
+            requested, secrets = canary_secrets.withhold(requested)
+        except ValueError as error:
+            raise InvalidArgument(f"hyperparameters.{canary_secrets.FIELD}", str(error)) from error
         estimate = self._memory_preflight(model.path, validated, dataset, bool(request.validation_dataset_id))
         _, pending = self.store.tenant_usage(dataset.tenant)
         if pending >= self.config.max_pending_jobs_per_tenant:
@@ -138,6 +144,9 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                            "hyperparameters": requested, "pii": check.pii_mode(request.pii),
                            "estimated_peak_memory_bytes": estimate.total if estimate else None},
         )
+        if created and secrets:
+            # Sealed before the scheduler is woken; a worker starts only after the VALIDATING step anyway.
+            canary_secrets.seal(secrets, self.config.job_dir(job.id), default_store().get_or_create("job", job.id))
         if created:
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))

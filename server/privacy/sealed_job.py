@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tunevault.server.privacy import scratch
+from tunevault.server.privacy import canary_secrets, scratch
 from tunevault.server.privacy.encryption import seal_tree, unseal_file, unseal_tree
 from tunevault.server.privacy.keys import (
     KEYSTORE_DB_ENV,
@@ -91,8 +91,9 @@ class SealedJob:
             best = self.original.checkpoint_dir / BEST_DIR
             if best.is_dir():
                 unseal_tree(best, checkpoints / BEST_DIR, self.keys.unwrap)
+        secrets = canary_secrets.restore(self.original.hyperparameters, self.job_dir, self.keys.unwrap)
         return dataclasses.replace(self.original, **inputs, output_dir=self.workspace / "artifacts",
-                                   checkpoint_dir=checkpoints)
+                                   checkpoint_dir=checkpoints, canary_secrets=secrets)
 
     def seal_checkpoint(self, plain: Path) -> Path:
         """Seals a checkpoint the trainer just wrote (and the best adapter so far); prunes old sealed ones."""

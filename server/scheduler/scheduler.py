@@ -19,6 +19,7 @@ from tunevault.server.config import ServerConfig
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
+from tunevault.server.privacy import canary_secrets
 from tunevault.server.privacy.keys import default_store
 from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
@@ -323,9 +324,9 @@ class Scheduler:
 
 
 def delete_job_files(job_dir: Path) -> int:
-    """Removes a job's artifacts, archive and checkpoints; keeps spec and log. Returns bytes freed."""
+    """Removes a job's artifacts, archive, checkpoints and sealed secrets; keeps spec and log. Returns bytes freed."""
     freed = 0
-    for name in ("artifacts", "merged", "checkpoints", ARCHIVE_NAME):
+    for name in ("artifacts", "merged", "checkpoints", ARCHIVE_NAME, canary_secrets.FILE_NAME):
         path = job_dir / name
         freed += disk_usage(path)
         if path.is_dir() and not path.is_symlink():

@@ -141,11 +141,12 @@ class MemorizationAudit:
         self.validation_fraction = float(resolved["validation_fraction"])
 
     @classmethod
-    def for_job(cls, resolved: dict[str, Any], data_format: str) -> "MemorizationAudit":
+    def for_job(cls, resolved: dict[str, Any], data_format: str, secrets: tuple[str, ...]) -> "MemorizationAudit":
+        """`secrets`: the user's canary secrets themselves (the hyperparameters hold placeholders)."""
         seed = int(resolved["seed"])
         # Seeded so a job is reproducible; a string seed keeps this draw apart from the data order's.
-        canaries = make_canaries(list(resolved.get("canary_repetitions") or []),
-                                 list(resolved.get("canary_secrets") or []), random.Random(f"canaries-{seed}"))
+        canaries = make_canaries(list(resolved.get("canary_repetitions") or []), list(secrets),
+                                 random.Random(f"canaries-{seed}"))
         return cls(canaries, data_format, resolved)
 
     @property

@@ -30,6 +30,9 @@ class JobSpec:
     # Set by the PII step when train_file became a redacted copy: the memorization audit asks the
     # model the original questions. Never in spec.json.
     unscrubbed_train_file: Path | None = None
+    # The memorization audit's user secrets, unsealed into memory by the worker (where the
+    # hyperparameters hold placeholders, see privacy/canary_secrets.py). Never in spec.json.
+    canary_secrets: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> "JobSpec":

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tunevault.server import hyperparameters as hp
+from tunevault.server.privacy import canary_secrets
 from tunevault.server.training import checkpoints, quantized_model
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
 from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
@@ -100,7 +101,7 @@ class QLoRATrainer:
         )
         self.hp = self.data.hyperparameters
         # Memorization audit: canary rows join the training rows after the data checks (off: no change).
-        self.memorization = MemorizationAudit.for_job(self.hp, self.data.data_format)
+        self.memorization = MemorizationAudit.for_job(self.hp, self.data.data_format, self._canary_secrets())
         self.data = self.memorization.plant(self.tokenizer, self.data)
         positions = self._max_positions()
         if positions and int(self.hp["max_seq_len"]) > positions:
@@ -197,6 +198,12 @@ class QLoRATrainer:
     def _plan_dp(self) -> None:
         """The noise for the target epsilon (or the epsilon of the given noise), with the preflight's warnings as events."""
         self.dp_plan = plan_and_announce(self.hp, len(self.data.train), self.events)
+
+    def _canary_secrets(self) -> tuple[str, ...]:
+        """The user's secrets: unsealed by the worker, or as written in a plain spec (a worker run by hand)."""
+        if self.spec.canary_secrets is not None:
+            return self.spec.canary_secrets
+        return canary_secrets.restore(self.hp, self.spec.output_dir.parent, keys=None)
 
     def _max_positions(self) -> int | None:
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
@@ -541,7 +548,8 @@ class QLoRATrainer:
                 f"canary planted {canary['repetitions']}x: exposure {canary['exposure_bits']:.2f} bits "
                 f"(rank {canary['rank']} of {canary['candidates'] + 1}; chance {found['chance_exposure_bits']:.2f}), "
                 + ("EXTRACTED by greedy decoding" if canary["extracted"] else "not extracted"),
-                {k: float(canary[k]) for k in ("repetitions", "rank", "exposure_bits", "extrapolated_bits", "extracted")
+                {k: float(canary[k]) for k in ("repetitions", "rank", "exposure_bits", "extrapolated_bits", "extracted",
+                                                 "user_supplied")
                  if math.isfinite(float(canary[k]))},
             )
         leaks = found["identifier_leaks"]
