@@ -1,5 +1,8 @@
 """Time to first step: submit -> first optimizer step of a job, cold (no quantized-base cache) and warm (cached).
 
+Warm also means the base model's eval scores on this validation set are cached from the job before
+(server/training/baseline_cache.py); cold deletes both.
+
 Starts a real server on a scratch data directory, uploads the triage example, then runs
 --rounds pairs of jobs on the same base: "cold" after deleting the model's quantized-base cache,
 then "warm". Each job is cancelled once it has reported its first step. For each it reports

@@ -166,3 +166,24 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(jobs: Path, ti
     assert got["eval_loss"] == pytest.approx(expected["eval_loss"], abs=1e-4)
     history = json.loads((jobs / "job-crash" / "artifacts" / "metrics.json").read_text())["history"]
     assert [h["step"] for h in history if h["type"] == "step"] == list(range(1, 13))
+
+
+def test_a_second_job_on_the_same_base_and_validation_set_reuses_the_baseline_scores(
+        tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "quantized"
+    monkeypatch.setenv("TUNEVAULT_QUANTIZED_CACHE", str(cache))  # this test's own, empty cache
+    train = triage_subset(tmp_path / "train.jsonl", rows=24)
+    hp = {"max_steps": 1, "batch_size": 4, "eval_accuracy_max_examples": 4, "checkpoint_every": 0}
+    baselines = []
+    for job_id, extra in (("job-first", {}), ("job-second", {}), ("job-other-split", {"seed": 8})):
+        write_job(tmp_path / "jobs", job_id, tiny_models_dir / TINY, train, {**hp, **extra})
+        run = run_worker(tmp_path / "jobs", job_id)
+        assert run.returncode == 0, run.log
+        baselines.append(run.of_type("eval.baseline")[0]["metrics"])
+    first, second, other = baselines
+    assert (first["base_eval_cached"], second["base_eval_cached"], other["base_eval_cached"]) == (0.0, 1.0, 0.0)
+    assert (second["base_eval_loss"], second["base_accuracy"]) == (first["base_eval_loss"], first["base_accuracy"])
+    # Another seed holds out other validation rows: scored afresh, and kept as a second entry.
+    entries = [p for folder in cache.glob("*.baseline-evals") for p in folder.iterdir()]
+    assert len(entries) == 2
+    assert all(set(json.loads(p.read_text())) == {"loss", "accuracy"} for p in entries), "numbers only, no text"

@@ -25,7 +25,7 @@ import torch
 
 from tunevault.server import hyperparameters as hp
 from tunevault.server.privacy import canary_secrets
-from tunevault.server.training import checkpoints, quantized_model
+from tunevault.server.training import baseline_cache, checkpoints, quantized_model
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
 from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
 from tunevault.server.training import canary_audit
@@ -126,17 +126,7 @@ class QLoRATrainer:
             "data.prepared",
             f"{len(self.data.train)} training rows, {len(self.data.validation)} validation rows, "
             f"{self.total_steps} steps (max_seq_len {self.hp['max_seq_len']})",
-            {
-                "train_rows": len(self.data.train),
-                "validation_rows": len(self.data.validation),
-                "train_tokens": self.data.train_tokens,
-                "total_steps": self.total_steps,
-                "dropped_rows": self.data.dropped_train_rows,
-                "truncated_rows": self.data.truncated_rows,
-                "duplicate_rows": self.data.duplicate_train_rows,
-                "validation_rows_in_train": self.data.overlap_rows,
-                "rows_learning_to_stop": self.data.rows_learning_to_stop,
-            },
+            {**self.data.stats(), "total_steps": self.total_steps},
             hyperparameters=self.hp,
             data_format=self.data.data_format,
         )
@@ -150,6 +140,7 @@ class QLoRATrainer:
         seed_everything(int(self.hp["seed"]))
         self.fused_kernels = apply_fused_kernels(model_type(self.spec.base_model_dir), self.device)
         loaded = quantized_model.load_with_cache(self.spec.base_model_dir, self.device, self.compute_dtype)
+        self.base_entry = loaded.cache_dir  # also holds the base model's cached eval scores
         self.hp["gradient_checkpointing"] = self._gradient_checkpointing()
         base = quantized_model.prepare_for_training(loaded.model, self.device, self.hp["gradient_checkpointing"])
         # LoRA A matrices are drawn from the torch RNG: seeding right before makes them reproducible.
@@ -258,14 +249,21 @@ class QLoRATrainer:
         """Eval loss and accuracy of the untouched base model (adapter disabled), once per job."""
         if self.state.base_eval_loss is not None:
             return
-        with self.model.disable_adapter():
-            loss = eval_loss(self.model, self.eval_set, self.stop)
-            accuracy = self._accuracy()
+        key = baseline_cache.cache_key(self.data.validation, self.data.accuracy_examples,
+                                       max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), self.threads)
+        cached = baseline_cache.load(self.base_entry, key)
+        scores = cached
+        if scores is None:
+            with self.model.disable_adapter():
+                scores = baseline_cache.Baseline(eval_loss(self.model, self.eval_set, self.stop), self._accuracy())
+            baseline_cache.store(self.base_entry, key, scores)
+        loss, accuracy = scores.loss, scores.accuracy
         self.state.base_eval_loss, self.state.base_accuracy = loss, accuracy
-        metrics = {"step": 0, "base_eval_loss": loss}
+        metrics = {"step": 0, "base_eval_loss": loss, "base_eval_cached": float(cached is not None)}
         if accuracy is not None:
             metrics["base_accuracy"] = accuracy
-        self._record(self.events.emit("eval.baseline", self._describe("base model", loss, accuracy), metrics))
+        what = "base model (scores cached by an earlier job)" if cached else "base model"
+        self._record(self.events.emit("eval.baseline", self._describe(what, loss, accuracy), metrics))
 
     def _accuracy(self) -> float | None:
         if not self.data.accuracy_examples:
@@ -500,18 +498,8 @@ class QLoRATrainer:
                 "job_id": self.spec.job_id,
                 "result": result,
                 "hyperparameters": self.hp,
-                "data": {
-                    "format": self.data.data_format,
-                    "train_rows": len(self.data.train),
-                    "validation_rows": len(self.data.validation),
-                    "accuracy_examples": len(self.data.accuracy_examples),
-                    "train_tokens": self.data.train_tokens,
-                    "dropped_rows": self.data.dropped_train_rows,
-                    "truncated_rows": self.data.truncated_rows,
-                    "duplicate_rows": self.data.duplicate_train_rows,
-                    "validation_rows_in_train": self.data.overlap_rows,
-                    "rows_learning_to_stop": self.data.rows_learning_to_stop,
-                },
+                "data": {"format": self.data.data_format, **self.data.stats(),
+                         "accuracy_examples": len(self.data.accuracy_examples)},
                 "runtime": {
                     "device": self.device.type,
                     "threads": self.threads,
