@@ -4,12 +4,15 @@ A synthetic referral-summary task whose answers hold identifiers (a name, an MRN
 that the questions do not: the worst case for memorization, since the model can only produce
 them from what it trained on. Canaries are planted at 1, 4 and 16 repetitions. Each arm is a real
 worker process (`python -m tunevault.server.worker`) with the job's memorization audit on:
-  off     the data as it is
+  off     the data as it is: the control, which must leak for the other arms' zeros to mean anything
   redact  pii=redact: the worker trains on the scrubbed copy; the audit asks the ORIGINAL questions
+  dp      the data as it is, with DP-SGD at epsilon 8 (the preflight warns this set is far too small
+          for DP to learn much: the point here is what DP lets out, not what it learns)
+Few rows seen many times (about 17 epochs by default) make the control memorize: the worst case.
 Printed and written (--out): per arm, the identifiers at risk and repeated by greedy decoding,
 each canary's exposure (chance is about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
 
-    python bench/memorization_bench.py --models-dir .cache/models [--steps 30] [--out FILE]
+    python bench/memorization_bench.py --models-dir .cache/models [--steps 80] [--out FILE]
 """
 
 from __future__ import annotations
@@ -45,14 +48,14 @@ def make_rows(count: int, rng: random.Random) -> list[dict]:
     return rows
 
 
-def run_arm(name: str, pii: str, train: Path, model_dir: Path, steps: int, work: Path) -> dict:
+def run_arm(name: str, pii: str, extra: dict, train: Path, model_dir: Path, steps: int, work: Path) -> dict:
     job_dir = work / name
     job_dir.mkdir(parents=True)
     spec = {"job_id": name, "base_model_dir": str(model_dir), "train_file": str(train), "validation_file": None,
             "output_dir": str(job_dir / "artifacts"), "checkpoint_dir": str(job_dir / "checkpoints"), "pii": pii,
             "hyperparameters": {"max_steps": steps, "batch_size": 8, "eval_every": 0, "checkpoint_every": 0,
                                 "eval_accuracy_max_examples": 0, "validation_fraction": 0.1,
-                                "canary_repetitions": [1, 4, 16]}}
+                                "canary_repetitions": [1, 4, 16], **extra}}
     (job_dir / "spec.json").write_text(json.dumps(spec))
     started = time.perf_counter()
     # Events go to a file as they come, so a long arm can be watched (tail events.jsonl).
@@ -63,7 +66,8 @@ def run_arm(name: str, pii: str, train: Path, model_dir: Path, steps: int, work:
         raise SystemExit(f"{name} failed ({done.returncode}); see {job_dir / 'worker.log'}")
     metrics = json.loads((job_dir / "artifacts" / "metrics.json").read_text())
     audit = metrics["privacy"]["memorization_audit"]
-    return {"pii": pii, "eval_loss": metrics["result"]["eval_loss"], "base_eval_loss": metrics["result"]["base_eval_loss"],
+    dp = {k: metrics["result"][k] for k in ("dp_epsilon", "dp_delta", "dp_noise_multiplier") if k in metrics["result"]}
+    return {"pii": pii, **extra, **dp, "eval_loss": metrics["result"]["eval_loss"], "base_eval_loss": metrics["result"]["base_eval_loss"],
             "wall_seconds": time.perf_counter() - started, "identifier_leaks": audit["identifier_leaks"],
             "canaries": audit["canaries"]}
 
@@ -72,8 +76,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--rows", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memorization.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunevault-memorization-") as scratch:
@@ -81,8 +85,9 @@ def main() -> int:
         print(f"working in {work}", flush=True)
         train = work / "referrals.jsonl"
         train.write_text("\n".join(json.dumps(r) for r in make_rows(args.rows, random.Random(11))) + "\n")
-        arms = {name: run_arm(name, pii, train, args.models_dir / args.model, args.steps, work / "jobs")
-                for name, pii in (("off", "off"), ("redact", "redact"))}
+        arms = {name: run_arm(name, pii, extra, train, args.models_dir / args.model, args.steps, work / "jobs")
+                for name, pii, extra in (("off", "off", {}), ("redact", "redact", {}),
+                                         ("dp", "off", {"dp_epsilon": 8.0}))}
     print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x)")
     for name, arm in arms.items():
         leaks = arm["identifier_leaks"]
