@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, triage_subset, write_job
+from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, stop_after, triage_subset, write_job
 from tunevault.server import hyperparameters as hp
 from tunevault.server.privacy import dp_plan
 from tunevault.server.training import quantized_model
@@ -240,6 +241,29 @@ def test_dp_job_epsilon_equals_opacus_rdp_accountant(dp_job) -> None:
     noise = get_noise_multiplier(target_epsilon=DP_HP["dp_epsilon"], target_delta=1e-5,
                                  sample_rate=figures["dp_sample_rate"], steps=DP_HP["max_steps"], epsilon_tolerance=0.08)
     assert figures["dp_noise_multiplier"] == pytest.approx(noise)
+
+
+def test_a_dp_job_resumed_after_a_crash_counts_every_step_once(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """PRV through the worker, and the accountant's history carried across a SIGKILL and a fresh worker."""
+    from opacus.accountants import PRVAccountant
+
+    train = triage_subset(tmp_path / "train.jsonl", rows=120)
+    # A given noise multiplier: searching PRV for a target epsilon costs minutes on these CPUs.
+    hyperparameters = {**{k: v for k, v in DP_HP.items() if k != "dp_epsilon"}, "dp_noise_multiplier": 1.0,
+                       "dp_accountant": "prv", "max_steps": 4, "checkpoint_every": 2, "eval_every": 4}
+    write_job(tmp_path, "dp-crash", tiny_models_dir / TINY, train, hyperparameters)
+    crashed = stop_after(tmp_path, "dp-crash", "checkpoint", signal.SIGKILL, min_step=2)
+    assert crashed.returncode == -signal.SIGKILL
+    resumed = run_worker(tmp_path, "dp-crash")
+    assert resumed.returncode == 0, resumed.log
+    assert int(resumed.of_type("step")[0]["metrics"]["step"]) == 3  # continued after the step-2 checkpoint
+    figures = resumed.of_type("result")[0]["metrics"]
+    assert figures["dp_steps"] == 4 and resumed.of_type("result")[0]["dp_accountant"] == "prv"
+    accountant = PRVAccountant()
+    for _ in range(4):
+        accountant.step(noise_multiplier=figures["dp_noise_multiplier"], sample_rate=figures["dp_sample_rate"])
+    assert figures["dp_noise_multiplier"] == 1.0
+    assert figures["dp_epsilon"] == pytest.approx(accountant.get_epsilon(delta=figures["dp_delta"]), rel=1e-9)
 
 
 # Hyperparameters and the preflight ----------------------------------------------------------

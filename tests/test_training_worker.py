@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import WorkerRun, run_worker, start_worker, triage_subset, write_job
+from tests.tiny_model import WorkerRun, run_worker, stop_after, triage_subset, write_job
 
 TINY = "tiny-llama"
 BASE_HP = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "eval_accuracy_max_examples": 4, "checkpoint_every": 4}
@@ -111,25 +111,10 @@ def test_no_answer_within_max_seq_len_is_refused(jobs: Path, tiny_models_dir: Pa
     assert run.events[-1]["code"] == "INVALID_ARGUMENT" and "max_seq_len" in run.events[-1]["message"]
 
 
-def _stop_after(jobs: Path, job_id: str, event_type: str, sig: signal.Signals, min_step: int = 1) -> WorkerRun:
-    """Start a job, send `sig` once it reports `event_type` at step >= min_step, and follow it to its end."""
-    process = start_worker(jobs, job_id)
-    events = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        events.append(json.loads(line))
-        if events[-1]["type"] == event_type and events[-1]["metrics"].get("step", 0) >= min_step:
-            process.send_signal(sig)
-            break
-    events.extend(json.loads(line) for line in process.stdout)
-    process.wait(120)
-    return WorkerRun(process.returncode, events, (jobs / job_id / "worker.log").read_text(errors="replace"))
-
-
 def test_sigterm_checkpoints_at_the_next_step_and_exits_143(jobs: Path, tiny_models_dir: Path, train_file: Path) -> None:
     write_job(jobs, "job-term", tiny_models_dir / TINY, train_file,
               {"max_steps": 100_000, "batch_size": 1, "eval_every": 0, "checkpoint_every": 0})
-    run = _stop_after(jobs, "job-term", "step", signal.SIGTERM)
+    run = stop_after(jobs, "job-term", "step", signal.SIGTERM)
     assert run.returncode == 143, run.log
     assert run.events[-1]["type"] == "checkpoint"
     step = int(run.events[-1]["metrics"]["step"])
@@ -151,7 +136,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(jobs: Path, ti
 
     # A crash (SIGKILL: no chance to checkpoint) after the first checkpoint, then a fresh worker.
     write_job(jobs, "job-crash", tiny_models_dir / TINY, train_file, hyperparameters)
-    crashed = _stop_after(jobs, "job-crash", "checkpoint", signal.SIGKILL, min_step=3)
+    crashed = stop_after(jobs, "job-crash", "checkpoint", signal.SIGKILL, min_step=3)
     assert crashed.returncode == -signal.SIGKILL
     resumed = run_worker(jobs, "job-crash")
     assert resumed.returncode == 0, resumed.log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,18 @@ def run_worker(jobs_dir: Path, job_id: str, timeout: float = 600) -> WorkerRun:
     out, _ = process.communicate(timeout=timeout)
     events = [json.loads(line) for line in out.splitlines()]
     return WorkerRun(process.returncode, events, (jobs_dir / job_id / "worker.log").read_text(errors="replace"))
+
+
+def stop_after(jobs: Path, job_id: str, event_type: str, sig: signal.Signals, min_step: int = 1) -> WorkerRun:
+    """Start a job, send `sig` once it reports `event_type` at step >= min_step, and follow it to its end."""
+    process = start_worker(jobs, job_id)
+    events = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        events.append(json.loads(line))
+        if events[-1]["type"] == event_type and events[-1]["metrics"].get("step", 0) >= min_step:
+            process.send_signal(sig)
+            break
+    events.extend(json.loads(line) for line in process.stdout)
+    process.wait(120)
+    return WorkerRun(process.returncode, events, (jobs / job_id / "worker.log").read_text(errors="replace"))
