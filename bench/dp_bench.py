@@ -1,21 +1,23 @@
 """DP-SGD vs ordinary training on the same generated dataset: eval loss, privacy spent and cost per step.
 
-    .venv/bin/python bench/dp_bench.py --out bench/results/dp_bench.json
+    .venv/bin/python bench/dp_bench.py --format completion --rows 10000 --accumulation 8 \
+        --learning-rate 1e-2 --out bench/results/dp_bench_cpu.json
 
-Generates a support-ticket routing task (>= 5,000 training rows, short chat rows whose answer,
-"<team> <priority>", follows from the ticket's wording; about one ticket in ten is ambiguous
-between two teams, as real queues are), then runs two real worker jobs on it with identical
-hyperparameters but for dp_epsilon: one without DP and one with DP-SGD at epsilon 8. Prints and
-writes (--out) each run's eval loss, the relative difference, epsilon spent, noise multiplier,
-steps, wall time and the per-step time ratio. Timings are noisy wherever the CPU is shared.
+Generates a support-ticket routing task (>= 5,000 training rows whose answer, "<team> <priority>",
+follows from the ticket's wording; about one ticket in ten is ambiguous between two teams, as
+real queues are; an order number makes nearly every row distinct), then runs two real worker
+jobs on it, side by side on their own cores, with identical hyperparameters but for dp_epsilon
+(and --dp-learning-rate, when given): one without DP and one with DP-SGD at epsilon 8. Prints and
+writes (--out) each run's eval loss and exact-match accuracy, the relative difference, the share
+of the non-DP run's improvement over the base model that DP kept, epsilon spent, noise
+multiplier, the learning curves and the per-step time ratio.
 
-DP needs large expected batches (the noise on a step's mean gradient is noise_multiplier /
-batch of the clipping norm); an expected batch of 256 or more rows (e.g. 32 x 8
-accumulated) would be better still, but on these CPUs SmolLM2-135M trains at about 100
-tokens/s idle and 10-30 when shared, so the defaults (an expected batch of 64 for 6 steps) keep
-both runs to 15-35 minutes. Rows repeat: the templates give about 1,100 distinct tickets, so
-most validation rows also occur in training, and the eval loss says how far the task was
-learnt, not how well it generalises to unseen wordings.
+What DP needs, measured here (figures in the issue notes): a large expected batch (the noise
+on a step's mean gradient is noise_multiplier / batch of the clipping norm), few trainable
+parameters (the noise's norm grows with their square root: the default is LoRA r=4 on q_proj and
+v_proj, 230,400 weights, for both arms) and a learning rate high enough for Adam's steps, each
+carrying less signal than without noise, to get somewhere in the steps a job has. SmolLM2-135M
+trains at about 100 tokens/s per core here, so the defaults keep each arm to about 25 minutes.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / ".cache" / "models" / "smollm2-135m-instruct"
-# Short rows on purpose (about 30 tokens with the chat template): SmolLM2 trains only tens to a
-# hundred tokens a second on these shared CPUs, and DP needs many rows per step.
+# Short rows on purpose (about 39 tokens with the chat template, 20 as prompt/completion): SmolLM2
+# trains about a hundred tokens a second per core here, and DP needs many rows per step.
 SYSTEM = "Route: team and priority."
 
 # Ticket wordings per team; {p} is a product.
