@@ -3,10 +3,10 @@
 Every job scores the untouched base model first, so its report can say how far the adapter moved
 it. A second job on the same base and validation set (a sweep, a retry with other
 hyperparameters) gets the same two numbers: on these CPUs that pass was 36 of the 59 s from
-submit to first step on the example set (bench/results/first_step.json), more than loading the
-model. The entry holds the two numbers under a digest of everything they depend on (the
-validation tokens, the accuracy prompts and references, the batch shape, the thread count, the
-base entry itself), never any text. An unreadable or unwritable entry only costs the pass.
+submit to first step on the example set (bench/first_step_bench.py), more than loading the
+model. Each quantized base has a folder of entries, each the two numbers under a digest of what
+they depend on (the validation tokens, the accuracy prompts and references, the eval batch
+shape, the thread count), never any text. An unreadable or unwritable entry only costs the pass.
 """
 
 from __future__ import annotations

@@ -262,7 +262,7 @@ class QLoRATrainer:
         metrics = {"step": 0, "base_eval_loss": loss, "base_eval_cached": float(cached is not None)}
         if accuracy is not None:
             metrics["base_accuracy"] = accuracy
-        what = "base model (scores cached by an earlier job)" if cached else "base model"
+        what = "base model (scores cached by an earlier job)" if cached is not None else "base model"
         self._record(self.events.emit("eval.baseline", self._describe(what, loss, accuracy), metrics))
 
     def _accuracy(self) -> float | None:
