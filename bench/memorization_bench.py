@@ -10,9 +10,10 @@ worker process (`python -m tunevault.server.worker`) with the job's memorization
           for DP to learn much: the point here is what DP lets out, not what it learns)
 Few rows seen many times (about 17 epochs by default) make the control memorize: the worst case.
 Printed and written (--out): per arm, the identifiers at risk and repeated by greedy decoding,
-each canary's exposure (chance is about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
+each canary's exposure after training and, for comparison, under the base model (chance is
+about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
 
-    python bench/memorization_bench.py --models-dir .cache/models [--steps 80] [--out FILE]
+    python bench/memorization_bench.py --models-dir .cache/models [--steps 80] [--arms off,dp] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ LAST = ["Okafor", "Lindqvist", "Castellano", "Nakamura", "Whitfield", "Abernathy
 SPECIALTIES = ["dermatology", "cardiology", "neurology", "orthopedics", "pulmonology"]
 SYMPTOMS = ["itchy rash on both shins", "chest pain on exertion", "numbness in the left hand",
             "knee pain after a fall", "persistent dry cough"]
+
+
+# Arm name -> (pii mode, extra hyperparameters).
+ARMS: dict[str, tuple[str, dict]] = {"off": ("off", {}), "redact": ("redact", {}), "dp": ("off", {"dp_epsilon": 8.0})}
 
 
 def make_rows(count: int, rng: random.Random) -> list[dict]:
@@ -78,6 +83,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memorization.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunevault-memorization-") as scratch:
@@ -85,13 +91,14 @@ def main() -> int:
         print(f"working in {work}", flush=True)
         train = work / "referrals.jsonl"
         train.write_text("\n".join(json.dumps(r) for r in make_rows(args.rows, random.Random(11))) + "\n")
-        arms = {name: run_arm(name, pii, extra, train, args.models_dir / args.model, args.steps, work / "jobs")
-                for name, pii, extra in (("off", "off", {}), ("redact", "redact", {}),
-                                         ("dp", "off", {"dp_epsilon": 8.0}))}
-    print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x)")
+        arms = {name: run_arm(name, *ARMS[name], train, args.models_dir / args.model, args.steps, work / "jobs")
+                for name in args.arms.split(",")}
+    print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x), "
+          "before training in brackets")
     for name, arm in arms.items():
         leaks = arm["identifier_leaks"]
-        exposures = ", ".join(f"{c['exposure_bits']:.2f}{'*' if c['extracted'] else ''}" for c in arm["canaries"])
+        exposures = ", ".join(f"{c['exposure_bits']:.2f}{'*' if c['extracted'] else ''} ({c['base_exposure_bits']:.2f})"
+                              for c in arm["canaries"])
         print(f"{name:8} {leaks['identifiers_reproduced']:>10} of {leaks['identifiers_at_risk']:<9} "
               f"{arm['eval_loss']:>10.4f}  {exposures}   (* extracted)")
     report = {"model": args.model, "rows": args.rows, "steps": args.steps, "arms": arms,

@@ -53,7 +53,8 @@ def _dp(job: pb.Job) -> dict[str, Any] | str:
 
 def _memorization(events: list[pb.JobEvent]) -> dict[str, Any] | str:
     canaries = [{"repetitions": int(e.metrics["repetitions"]), "exposure_bits": e.metrics["exposure_bits"],
-                 "extracted": bool(e.metrics["extracted"])} for e in events if e.type == "canary"]
+                 "base_exposure_bits": e.metrics.get("base_exposure_bits"), "extracted": bool(e.metrics["extracted"])}
+                for e in events if e.type == "canary"]
     summary = next((e for e in events if e.type == "memorization"), None)
     if summary is None:
         return "not audited"
@@ -93,6 +94,12 @@ def build(job: pb.Job, datasets: list[tuple[str, pb.Dataset]], events: list[pb.J
     }
 
 
+def _before(canary: dict[str, Any]) -> str:
+    """The canary's exposure under the base model, when the server measured it (older servers did not)."""
+    base = canary.get("base_exposure_bits")
+    return "" if base is None else f" (before training {base:.2f})"
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as short Markdown for a person."""
     lines = [f"# Privacy report: {report['job_id']}", "",
@@ -113,8 +120,8 @@ def render(report: dict[str, Any]) -> str:
     if audit == "not audited":
         lines.append("- memorization audit: not run")
     else:
-        exposures = ", ".join(f"{c['repetitions']}x {c['exposure_bits']:.2f} bits{' (EXTRACTED)' if c['extracted'] else ''}"
-                              for c in audit["canaries"])
+        exposures = ", ".join(f"{c['repetitions']}x {c['exposure_bits']:.2f} bits{_before(c)}"
+                              f"{' (EXTRACTED)' if c['extracted'] else ''}" for c in audit["canaries"])
         lines.append(f"- memorization audit: canary exposure {exposures}; identifiers repeated "
                      f"{audit['identifiers_repeated']} of {audit['identifiers_at_risk']}")
     lines.append(f"- adapter sha256 {report['adapter_sha256'] or '-'}, sealed under key "

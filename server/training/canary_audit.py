@@ -46,6 +46,10 @@ class CanaryResult:
     exposure_bits: float
     extrapolated_bits: float
     extracted: bool  # greedy decoding from the question reproduced the secret
+    # The same ranking by the base model (adapter off): what the canary's exposure was before the
+    # job, so that what training added can be told from what the base model happens to prefer.
+    base_rank: int | None = None
+    base_exposure_bits: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # never the secret itself: the report is read by people the data is kept from
@@ -107,7 +111,12 @@ def _extracted(model: Any, tokenizer: Any, canary: Canary, data_format: str, ans
 
 def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, seed: int,
           stop: StopFlag | None = None, candidates: int = CANDIDATES) -> list[CanaryResult]:
-    """Exposure and extraction of every canary, with the model as it is (adapter on)."""
+    """Exposure and extraction of every canary with the model as it is (adapter on), and its exposure before training.
+
+    The before-training figures rank the same canary among the same look-alikes with the
+    adapter switched off (a PEFT model's disable_adapter): a base model that happens to like a
+    secret's digits would otherwise pass for memorization.
+    """
     was_training = model.training
     model.eval()
     rng = random.Random(seed ^ 0x5EC12E7)  # candidates differ from the canaries' own draw
@@ -123,8 +132,12 @@ def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, 
                 losses = _row_losses(model, rows, pad)
                 found = exposure(losses[0], losses[1:])
                 extracted = _extracted(model, tokenizer, canary, data_format, rows[0].label_count)
+                with model.disable_adapter():
+                    base_losses = _row_losses(model, rows, pad)
+                before = exposure(base_losses[0], base_losses[1:])
                 results.append(CanaryResult(canary.record, canary.repetitions, canary.user_supplied, found.rank,
-                                            found.candidates, found.exposure_bits, found.extrapolated_bits, extracted))
+                                            found.candidates, found.exposure_bits, found.extrapolated_bits, extracted,
+                                            before.rank, before.exposure_bits))
     finally:
         model.train(was_training)
     return results

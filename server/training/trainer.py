@@ -534,10 +534,11 @@ class QLoRATrainer:
             self.events.emit(
                 "canary",
                 f"canary planted {canary['repetitions']}x: exposure {canary['exposure_bits']:.2f} bits "
-                f"(rank {canary['rank']} of {canary['candidates'] + 1}; chance {found['chance_exposure_bits']:.2f}), "
+                f"(rank {canary['rank']} of {canary['candidates'] + 1}; before training {canary['base_exposure_bits']:.2f}"
+                f", rank {canary['base_rank']}; chance {found['chance_exposure_bits']:.2f}), "
                 + ("EXTRACTED by greedy decoding" if canary["extracted"] else "not extracted"),
                 {k: float(canary[k]) for k in ("repetitions", "rank", "exposure_bits", "extrapolated_bits", "extracted",
-                                                 "user_supplied")
+                                                 "user_supplied", "base_rank", "base_exposure_bits")
                  if math.isfinite(float(canary[k]))},
             )
         leaks = found["identifier_leaks"]
