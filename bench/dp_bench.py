@@ -1,23 +1,27 @@
 """DP-SGD vs ordinary training on the same generated dataset: eval loss, privacy spent and cost per step.
 
-    .venv/bin/python bench/dp_bench.py --format completion --rows 10000 --accumulation 8 \
-        --learning-rate 1e-2 --out bench/results/dp_bench_cpu.json
+    .venv/bin/python bench/dp_bench.py --out bench/results/dp_bench_cpu.json
 
-Generates a support-ticket routing task (>= 5,000 training rows whose answer, "<team> <priority>",
-follows from the ticket's wording; about one ticket in ten is ambiguous between two teams, as
-real queues are; an order number makes nearly every row distinct), then runs two real worker
-jobs on it, side by side on their own cores, with identical hyperparameters but for dp_epsilon
-(and --dp-learning-rate, when given): one without DP and one with DP-SGD at epsilon 8. Prints and
-writes (--out) each run's eval loss and exact-match accuracy, the relative difference, the share
-of the non-DP run's improvement over the base model that DP kept, epsilon spent, noise
-multiplier, the learning curves and the per-step time ratio.
+Generates a support-ticket routing task (20,000 training rows by default, prompt/completion,
+whose answer, "<team> <priority>", follows from the ticket's wording; about one ticket in ten is
+ambiguous between two teams, as real queues are; an order number makes nearly every row
+distinct), then runs two real worker jobs on it, side by side on their own cores, with
+identical hyperparameters but for dp_epsilon (and --dp-learning-rate, when given): one without
+DP and one with DP-SGD at epsilon 8. Prints and writes (--out) each run's eval loss and
+exact-match accuracy, the relative difference, the share of the non-DP run's improvement over
+the base model that DP kept, epsilon spent, noise multiplier, the learning curves and the
+per-step time ratio.
 
-What DP needs, measured here (figures in the issue notes): a large expected batch (the noise
-on a step's mean gradient is noise_multiplier / batch of the clipping norm), few trainable
-parameters (the noise's norm grows with their square root: the default is LoRA r=4 on q_proj and
-v_proj, 230,400 weights, for both arms) and a learning rate high enough for Adam's steps, each
-carrying less signal than without noise, to get somewhere in the steps a job has. SmolLM2-135M
-trains at about 100 tokens/s per core here, so the defaults keep each arm to about 25 minutes.
+What DP needs, measured here (figures in the issue notes): the noise on a step's mean gradient
+is noise_multiplier / expected batch of the clipping norm, and at a fixed epsilon the noise
+multiplier grows slowly with the batch, so the same rows spent as few large steps beat many
+small ones. The defaults (an expected batch of 1,024 for 12 steps: noise 0.58, 0.00056 per
+batch, epsilon 7.97) put DP within 5% of the job without DP (eval loss 0.682 vs 0.648, exact
+match 43% vs 42%); an expected batch of 256 for 30 steps (0.0021 per batch) left DP far
+behind. Few trainable parameters help too (the noise's norm grows with their square root: LoRA
+r=4 on q_proj and v_proj, 230,400 weights, for both arms), and a learning rate high enough for
+few steps (1.5e-2, both arms). SmolLM2-135M trains at about 115 tokens/s per core here: each arm
+takes about 45 minutes.
 """
 
 from __future__ import annotations
@@ -126,15 +130,16 @@ def run_arms(jobs_dir: Path, model: Path, train: Path, validation: Path,
     Side by side, both arms meet the same machine load, which a shared CPU makes fairer than one after the other.
     """
     cores = sorted(os.sched_getaffinity(0))
+    job_ids = {name: f"{name}-{os.getpid()}" for name in arms}
     if not parallel or len(cores) < len(arms):
         runs = {}
         for name, hyperparameters in arms.items():
             print(f"running {name} ...", flush=True)
-            runs[name] = run_job(jobs_dir, f"{name}-{os.getpid()}", model, train, validation, hyperparameters)
+            runs[name] = run_job(jobs_dir, job_ids[name], model, train, validation, hyperparameters)
         return runs
     share = len(cores) // len(arms)
     with ThreadPoolExecutor(len(arms)) as pool:
-        futures = {name: pool.submit(run_job, jobs_dir, f"{name}-{os.getpid()}", model, train, validation,
+        futures = {name: pool.submit(run_job, jobs_dir, job_ids[name], model, train, validation,
                                      hyperparameters, set(cores[i * share:(i + 1) * share]))
                    for i, (name, hyperparameters) in enumerate(arms.items())}
         print(f"running {', '.join(arms)} side by side, {share} core(s) each; events in {jobs_dir}/*/events.jsonl",
@@ -156,12 +161,12 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="base model directory (default SmolLM2-135M)")
-    parser.add_argument("--rows", type=int, default=5000, help="training rows (the DP unit)")
+    parser.add_argument("--rows", type=int, default=20000, help="training rows (the DP unit)")
     parser.add_argument("--validation-rows", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32, help="rows per micro-batch")
-    parser.add_argument("--accumulation", type=int, default=4, help="micro-batches per step (expected batch = product)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per micro-batch")
+    parser.add_argument("--accumulation", type=int, default=16, help="micro-batches per step (expected batch = product)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--learning-rate", type=float, default=1.5e-2)
     parser.add_argument("--dp-learning-rate", type=float,
                         help="the DP arm's rate, if not --learning-rate: Adam's steps on noisy gradients carry "
                              "less signal each, so DP runs are tuned to a higher rate")
@@ -169,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-targets", default="q_proj,v_proj",
                         help="comma-separated module names; DP's noise grows with the trainable parameter count")
     parser.add_argument("--epsilon", type=float, default=8.0)
-    parser.add_argument("--eval-every", type=int, default=10, help="steps between eval losses (the learning curve)")
+    parser.add_argument("--eval-every", type=int, default=3, help="steps between eval losses (the learning curve)")
     parser.add_argument("--accuracy-examples", type=int, default=100,
                         help="validation rows scored by exact match of the greedy answer (0 = off)")
-    parser.add_argument("--format", choices=("chat", "completion"), default="chat",
+    parser.add_argument("--format", choices=("chat", "completion"), default="completion",
                         help="chat rows (system, ticket, answer) or prompt/completion rows, about half as long")
     parser.add_argument("--sequential", action="store_true", help="run the arms one after the other on all cores")
     parser.add_argument("--seed", type=int, default=7)
