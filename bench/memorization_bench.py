@@ -10,8 +10,8 @@ worker process (`python -m tunevault.server.worker`) with the job's memorization
           for DP to learn much: the point here is what DP lets out, not what it learns)
 Few rows seen many times (about 17 epochs by default) make the control memorize: the worst case.
 Printed and written (--out): per arm, the identifiers at risk and repeated by greedy decoding,
-each canary's exposure after training and, for comparison, under the base model (chance is
-about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
+each canary's exposure after training, under the base model, and ranked by what training
+changed (chance is about 1.44 bits, the maximum log2(201) = 7.65), eval loss.
 
     python bench/memorization_bench.py --models-dir .cache/models [--steps 80] [--arms off,dp] [--out FILE]
 """
@@ -93,11 +93,12 @@ def main() -> int:
         train.write_text("\n".join(json.dumps(r) for r in make_rows(args.rows, random.Random(11))) + "\n")
         arms = {name: run_arm(name, *ARMS[name], train, args.models_dir / args.model, args.steps, work / "jobs")
                 for name in args.arms.split(",")}
-    print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x), "
-          "before training in brackets")
+    print(f"{'arm':8} {'identifiers repeated':>22} {'eval loss':>10}  canary exposure bits (1x, 4x, 16x): "
+          "after training (before training / by what training changed)")
     for name, arm in arms.items():
         leaks = arm["identifier_leaks"]
-        exposures = ", ".join(f"{c['exposure_bits']:.2f}{'*' if c['extracted'] else ''} ({c['base_exposure_bits']:.2f})"
+        exposures = ", ".join(f"{c['exposure_bits']:.2f}{'*' if c['extracted'] else ''} "
+                              f"({c['base_exposure_bits']:.2f} / {c['calibrated_exposure_bits']:.2f})"
                               for c in arm["canaries"])
         print(f"{name:8} {leaks['identifiers_reproduced']:>10} of {leaks['identifiers_at_risk']:<9} "
               f"{arm['eval_loss']:>10.4f}  {exposures}   (* extracted)")

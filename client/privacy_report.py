@@ -53,7 +53,9 @@ def _dp(job: pb.Job) -> dict[str, Any] | str:
 
 def _memorization(events: list[pb.JobEvent]) -> dict[str, Any] | str:
     canaries = [{"repetitions": int(e.metrics["repetitions"]), "exposure_bits": e.metrics["exposure_bits"],
-                 "base_exposure_bits": e.metrics.get("base_exposure_bits"), "extracted": bool(e.metrics["extracted"])}
+                 "base_exposure_bits": e.metrics.get("base_exposure_bits"),
+                 "calibrated_exposure_bits": e.metrics.get("calibrated_exposure_bits"),
+                 "extracted": bool(e.metrics["extracted"])}
                 for e in events if e.type == "canary"]
     summary = next((e for e in events if e.type == "memorization"), None)
     if summary is None:
@@ -95,9 +97,11 @@ def build(job: pb.Job, datasets: list[tuple[str, pb.Dataset]], events: list[pb.J
 
 
 def _before(canary: dict[str, Any]) -> str:
-    """The canary's exposure under the base model, when the server measured it (older servers did not)."""
-    base = canary.get("base_exposure_bits")
-    return "" if base is None else f" (before training {base:.2f})"
+    """The canary's exposure under the base model and calibrated by it, when the server measured them."""
+    base, calibrated = canary.get("base_exposure_bits"), canary.get("calibrated_exposure_bits")
+    if base is None or calibrated is None:
+        return ""
+    return f" (before training {base:.2f}, by what training changed {calibrated:.2f})"
 
 
 def render(report: dict[str, Any]) -> str:

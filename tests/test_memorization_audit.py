@@ -39,6 +39,8 @@ def test_the_audit_reports_every_canarys_exposure_and_extraction(audited: tuple[
         assert 1 <= figures["base_rank"] <= CANDIDATES + 1
         assert figures["base_exposure_bits"] == pytest.approx(
             math.log2(CANDIDATES + 1) - math.log2(figures["base_rank"]))
+        assert figures["calibrated_exposure_bits"] == pytest.approx(
+            math.log2(CANDIDATES + 1) - math.log2(figures["calibrated_rank"]))
         assert figures["extracted"] in (0.0, 1.0)
     summary = run.of_type("memorization")[0]["metrics"]
     result = run.events[-1]["metrics"]
@@ -63,6 +65,8 @@ def test_the_most_repeated_canary_is_learnt_better_than_its_look_alikes(audited:
     assert repeated["exposure_bits"] > 4.0, repeated
     # ... and the base model did not: the exposure is the training's, not a taste the base model had.
     assert repeated["base_exposure_bits"] < repeated["exposure_bits"] - 2.0, repeated
+    # Training lowered its loss more than almost any look-alike's.
+    assert repeated["calibrated_exposure_bits"] > 4.0, repeated
 
 
 def test_identifiers_in_training_answers_are_counted_and_looked_for(tmp_path: Path, tiny_models_dir: Path) -> None:

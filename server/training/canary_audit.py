@@ -46,10 +46,15 @@ class CanaryResult:
     exposure_bits: float
     extrapolated_bits: float
     extracted: bool  # greedy decoding from the question reproduced the secret
-    # The same ranking by the base model (adapter off): what the canary's exposure was before the
-    # job, so that what training added can be told from what the base model happens to prefer.
+    # The same ranking by the base model (adapter off): the canary's exposure before the job. A
+    # base model has tastes in digit strings, so one canary can start well above chance.
     base_rank: int | None = None
     base_exposure_bits: float | None = None
+    # Ranked by how much training lowered each secret's loss (after - before) instead: the base
+    # model's tastes cancel, so a canary training did not single out averages chance (1.44 bits)
+    # here whatever the base model thought of it. This is the figure that shows memorization.
+    calibrated_rank: int | None = None
+    calibrated_exposure_bits: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # never the secret itself: the report is read by people the data is kept from
@@ -114,8 +119,9 @@ def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, 
     """Exposure and extraction of every canary with the model as it is (adapter on), and its exposure before training.
 
     The before-training figures rank the same canary among the same look-alikes with the
-    adapter switched off (a PEFT model's disable_adapter): a base model that happens to like a
-    secret's digits would otherwise pass for memorization.
+    adapter switched off (a PEFT model's disable_adapter); the calibrated ones rank them by the
+    change training made to each loss, so a base model that happens to like a secret's digits
+    does not pass for memorization (the reference-model calibration of membership inference).
     """
     was_training = model.training
     model.eval()
@@ -135,9 +141,12 @@ def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, 
                 with model.disable_adapter():
                     base_losses = _row_losses(model, rows, pad)
                 before = exposure(base_losses[0], base_losses[1:])
+                change = [after - base for after, base in zip(losses, base_losses)]
+                calibrated = exposure(change[0], change[1:])
                 results.append(CanaryResult(canary.record, canary.repetitions, canary.user_supplied, found.rank,
                                             found.candidates, found.exposure_bits, found.extrapolated_bits, extracted,
-                                            before.rank, before.exposure_bits))
+                                            before.rank, before.exposure_bits, calibrated.rank,
+                                            calibrated.exposure_bits))
     finally:
         model.train(was_training)
     return results
@@ -207,7 +216,9 @@ def figures(audit_result: dict[str, Any] | None) -> dict[str, float]:
     """The audit's headline numbers for the job's result metrics."""
     if not audit_result:
         return {}
-    exposures = [c["exposure_bits"] for c in audit_result["canaries"]]
+    canaries = audit_result["canaries"]
     leaks = audit_result["identifier_leaks"]
-    return {"canary_max_exposure_bits": max(exposures), "canaries_extracted": audit_result["canaries_extracted"],
+    return {"canary_max_exposure_bits": max(c["exposure_bits"] for c in canaries),
+            "canary_max_calibrated_exposure_bits": max(c["calibrated_exposure_bits"] for c in canaries),
+            "canaries_extracted": audit_result["canaries_extracted"],
             "identifiers_at_risk": leaks["identifiers_at_risk"], "identifiers_reproduced": leaks["identifiers_reproduced"]}

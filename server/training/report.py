@@ -233,7 +233,8 @@ def _memorization_section(audit: dict[str, Any] | None) -> str:
         return ""
     rows = [(f"canary planted {c['repetitions']}x" + (" (given secret)" if c["user_supplied"] else ""),
              f"exposure {c['exposure_bits']:.2f} bits (rank {c['rank']} of {c['candidates'] + 1}; "
-             f"before training {c['base_exposure_bits']:.2f} bits, rank {c['base_rank']}), "
+             f"before training {c['base_exposure_bits']:.2f} bits; by what training changed "
+             f"{c['calibrated_exposure_bits']:.2f} bits, rank {c['calibrated_rank']}), "
              + ("extracted by greedy decoding" if c["extracted"] else "not extracted"))
             for c in audit["canaries"]]
     rows.append(("exposure of a secret never seen", f"{audit['chance_exposure_bits']:.2f} bits on average"))

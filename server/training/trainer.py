@@ -535,10 +535,12 @@ class QLoRATrainer:
                 "canary",
                 f"canary planted {canary['repetitions']}x: exposure {canary['exposure_bits']:.2f} bits "
                 f"(rank {canary['rank']} of {canary['candidates'] + 1}; before training {canary['base_exposure_bits']:.2f}"
-                f", rank {canary['base_rank']}; chance {found['chance_exposure_bits']:.2f}), "
+                f"; by what training changed {canary['calibrated_exposure_bits']:.2f}, rank {canary['calibrated_rank']}"
+                f"; chance {found['chance_exposure_bits']:.2f}), "
                 + ("EXTRACTED by greedy decoding" if canary["extracted"] else "not extracted"),
                 {k: float(canary[k]) for k in ("repetitions", "rank", "exposure_bits", "extrapolated_bits", "extracted",
-                                                 "user_supplied", "base_rank", "base_exposure_bits")
+                                                 "user_supplied", "base_rank", "base_exposure_bits", "calibrated_rank",
+                                                 "calibrated_exposure_bits")
                  if math.isfinite(float(canary[k]))},
             )
         leaks = found["identifier_leaks"]
