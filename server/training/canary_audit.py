@@ -3,8 +3,9 @@
 Planting happens on tokenized rows, after the data checks, so canaries never count as the
 user's data (no duplicate warning, no validation split) yet train exactly like it: same
 template, same loss mask, same packing. Measuring scores each canary's answer and its
-look-alikes with the trained model (summed answer-token loss = the sequence's negative
-log-likelihood) and asks the model for each secret by greedy decoding from the question.
+look-alikes with the trained model and with the base model (adapter off; summed answer-token
+loss = the sequence's negative log-likelihood) and asks the trained model for each secret by
+greedy decoding from the question.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ class CanaryResult:
     extracted: bool  # greedy decoding from the question reproduced the secret
     # The same ranking by the base model (adapter off): the canary's exposure before the job. A
     # base model has tastes in digit strings, so one canary can start well above chance.
-    base_rank: int | None = None
-    base_exposure_bits: float | None = None
+    base_rank: int
+    base_exposure_bits: float
     # Ranked by how much training lowered each secret's loss (after - before) instead: the base
     # model's tastes cancel, so a canary training did not single out averages chance (1.44 bits)
     # here whatever the base model thought of it. This is the figure that shows memorization.
-    calibrated_rank: int | None = None
-    calibrated_exposure_bits: float | None = None
+    calibrated_rank: int
+    calibrated_exposure_bits: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # never the secret itself: the report is read by people the data is kept from
