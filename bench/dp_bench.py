@@ -10,7 +10,8 @@ identical hyperparameters but for dp_epsilon (and --dp-learning-rate, when given
 DP and one with DP-SGD at epsilon 8. Prints and writes (--out) each run's eval loss and
 exact-match accuracy, the relative difference, the share of the non-DP run's improvement over
 the base model that DP kept, epsilon spent, noise multiplier, the learning curves and the
-per-step time ratio.
+per-step time ratio, and, with the memorization audit's canaries planted 1, 4 and 16 times in
+both arms, each canary's exposure (after training, before it, and by what training changed).
 
 What DP needs, measured here (figures in the issue notes): the noise on a step's mean gradient
 is noise_multiplier / expected batch of the clipping norm, and at a fixed epsilon the noise
@@ -147,6 +148,14 @@ def run_arms(jobs_dir: Path, model: Path, train: Path, validation: Path,
         return {name: future.result() for name, future in futures.items()}
 
 
+def canary_figures(metrics: dict[str, float]) -> dict[str, Any]:
+    """One canary's audit: exposure after training, before it, by what training changed (calibrated), extraction."""
+    return {"repetitions": int(metrics["repetitions"]), "exposure_bits": metrics["exposure_bits"],
+            "base_exposure_bits": metrics["base_exposure_bits"],
+            "calibrated_exposure_bits": metrics["calibrated_exposure_bits"],
+            "calibrated_rank": int(metrics["calibrated_rank"]), "extracted": bool(metrics["extracted"])}
+
+
 def summary(run: dict[str, Any]) -> dict[str, Any]:
     result = run["result"]
     return {
@@ -177,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=3, help="steps between eval losses (the learning curve)")
     parser.add_argument("--accuracy-examples", type=int, default=100,
                         help="validation rows scored by exact match of the greedy answer (0 = off)")
+    parser.add_argument("--canary-repetitions", default="1,4,16",
+                        help="the memorization audit's canaries, planted in both arms ('' = no audit)")
     parser.add_argument("--format", choices=("chat", "completion"), default="completion",
                         help="chat rows (system, ticket, answer) or prompt/completion rows, about half as long")
     parser.add_argument("--sequential", action="store_true", help="run the arms one after the other on all cores")
@@ -194,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
               "lora_target_modules": args.lora_targets.split(","), "lora_dropout": 0.0,
               "eval_every": args.eval_every, "checkpoint_every": 0, "early_stopping_patience": 0,
               "eval_accuracy_max_examples": args.accuracy_examples, "seed": args.seed}
+    canaries = [int(n) for n in args.canary_repetitions.split(",") if n]
+    if canaries:
+        common["canary_repetitions"] = canaries
     runs = run_arms(jobs_dir, args.model, train, validation,
                     {"non_dp": common, "dp": {**common, "dp_epsilon": args.epsilon,
                                               "learning_rate": args.dp_learning_rate or args.learning_rate}},
@@ -225,6 +239,8 @@ def compare(runs: dict[str, dict[str, Any]], args: argparse.Namespace, common: d
         "noise_per_expected_batch": dp_result["dp_noise_multiplier"] / (args.batch_size * args.accumulation),
         "per_step_time_ratio": private["seconds_per_step"] / plain["seconds_per_step"],
         "dp_warnings": [e["message"] for e in runs["dp"]["events"] if e["type"] == "dp.warning"],
+        "canaries": {name: [canary_figures(e["metrics"]) for e in run["events"] if e["type"] == "canary"]
+                     for name, run in runs.items()},
         "eval_curves": {name: [(int(e["metrics"]["step"]), e["metrics"]["eval_loss"]) for e in run["events"]
                                if e["type"] == "eval" and "eval_loss" in e.get("metrics", {})]
                         for name, run in runs.items()},
