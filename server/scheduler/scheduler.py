@@ -342,4 +342,13 @@ def disk_usage(path: Path) -> int:
         return 0
     if path.is_file():
         return path.stat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return sum(_size(p) for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _size(path: Path) -> int:
+    """A file's size, 0 if it went away since it was listed: a running worker renames its files
+    (spec.json.tmp -> spec.json), and GetJob failed with INTERNAL when it caught one mid-rename."""
+    try:
+        return path.lstat().st_size
+    except FileNotFoundError:
+        return 0
