@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-targets", default="q_proj,v_proj",
                         help="comma-separated module names; DP's noise grows with the trainable parameter count")
     parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--dp-max-grad-norm", type=float,
+                        help="the DP arm's per-example clipping norm (default: the product's, 1.0); with Adam a "
+                             "smaller norm only lowers the noise where gradients are already small")
     parser.add_argument("--eval-every", type=int, default=3, help="steps between eval losses (the learning curve)")
     parser.add_argument("--accuracy-examples", type=int, default=100,
                         help="validation rows scored by exact match of the greedy answer (0 = off)")
@@ -209,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if canaries:
         common["canary_repetitions"] = canaries
     runs = run_arms(jobs_dir, args.model, train, validation,
-                    {"non_dp": common, "dp": {**common, "dp_epsilon": args.epsilon,
-                                              "learning_rate": args.dp_learning_rate or args.learning_rate}},
+                    {"non_dp": common, "dp": dp_arm(common, args)},
                     parallel=not args.sequential)
     figures = compare(runs, args, common)
     print(json.dumps(figures, indent=1))
@@ -218,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=1) + "\n")
     return 0
+
+
+def dp_arm(common: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The DP arm's hyperparameters: the common ones, DP on, and the DP-only overrides given."""
+    arm = {**common, "dp_epsilon": args.epsilon, "learning_rate": args.dp_learning_rate or args.learning_rate}
+    if args.dp_max_grad_norm is not None:
+        arm["dp_max_grad_norm"] = args.dp_max_grad_norm
+    return arm
 
 
 def compare(runs: dict[str, dict[str, Any]], args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +238,7 @@ def compare(runs: dict[str, dict[str, Any]], args: argparse.Namespace, common: d
         "model": args.model.name, "format": args.format, "train_rows": args.rows, "validation_rows": args.validation_rows,
         "expected_batch": args.batch_size * args.accumulation, "hyperparameters": common,
         "dp_learning_rate": args.dp_learning_rate or args.learning_rate,
+        "dp_max_grad_norm": dp_result["dp_max_grad_norm"],
         "non_dp": plain, "dp": private,
         "relative_eval_loss_difference": (private["eval_loss"] - plain["eval_loss"]) / plain["eval_loss"],
         # How much of the non-DP run's improvement over the base model DP kept: a DP run that learnt
