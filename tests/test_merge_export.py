@@ -130,13 +130,14 @@ def test_merged_model_loads_plainly_and_matches_base_plus_adapter(
 
     # 16-bit rounding is the only expected difference: each weight and each activation is rounded
     # to `dtype`, a relative error of u = eps/2 (2^-8 for bfloat16, 2^-11 for float16). Measured:
-    # max |logit difference| about 1.2 u x max |logit| for both dtypes; 4 u leaves room for another
-    # machine's kernels while staying far below what the adapter itself changes (asserted).
+    # max |logit difference| about 1.2 u x max |logit| for both dtypes on one machine, up to 4.9 u
+    # for float16 on another (its kernels round differently); 8 u leaves room for that while staying
+    # hundreds of times below what the adapter itself changes (asserted; measured 1.7 vs 3.3e-3 for float16).
     unit = torch.finfo(dtype).eps / 2
     for ours, theirs in zip(probe["prompts"], reference):
         assert ours["input_ids"] == theirs["input_ids"]  # the copied tokenizer and chat template
         scale = float(theirs["logits"].abs().max())
-        tolerance = 4 * unit * scale
+        tolerance = 8 * unit * scale
         difference = float((ours["logits"] - theirs["logits"]).abs().max())
         adapter_effect = float((theirs["logits"] - theirs["base_logits"]).abs().max())
         print(f"{dtype}: max |logit diff| {difference:.2e} (tolerance {tolerance:.2e}, "
