@@ -18,9 +18,10 @@ is noise_multiplier / expected batch of the clipping norm, and at a fixed epsilo
 multiplier grows slowly with the batch, so the same rows spent as few large steps beat many
 small ones. The defaults (an expected batch of 1,024 for 12 steps: noise 0.58, 0.00056 per
 batch, epsilon 7.96) put DP 5% above the job without DP in one run (eval loss 0.682 vs 0.648,
-no canaries) and 35% above in another (0.737 vs 0.545, canaries planted): the job without DP is
-deterministic on CPU, DP's noise and sampling are not, and 12 steps end mid-curve, where a few
-steps' difference is a large share of the loss. An expected batch of 256 for 30 steps (0.0021
+no canaries) and 35% above in two others (0.737 and 0.736 vs 0.545, canaries planted): the 21 canary rows
+change the data order, 12 steps end mid-curve, and there a few steps' difference is a large
+share of the loss (the job without DP is deterministic on CPU; DP's noise is not, yet its two
+runs agreed to 0.001). An expected batch of 256 for 30 steps (0.0021
 per batch) left DP far behind; clipping at 0.1 instead of 1.0 did too (0.966); 5,000 rows for 30
 steps (noise 1.07) let the job without DP reach its floor (0.022) while DP stopped at 0.18 (exact
 match 86% vs 98%). Few trainable parameters help (the noise's norm grows with their square root:
