@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -342,13 +343,15 @@ def disk_usage(path: Path) -> int:
         return 0
     if path.is_file():
         return path.stat().st_size
-    return sum(_size(p) for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return sum(_size(p) for p in path.rglob("*"))
 
 
 def _size(path: Path) -> int:
-    """A file's size, 0 if it went away since it was listed: a running worker renames its files
-    (spec.json.tmp -> spec.json), and GetJob failed with INTERNAL when it caught one mid-rename."""
+    """A regular file's size (0 for folders and symlinks), from one lstat; 0 if it went away since
+    it was listed: a running worker renames its files (spec.json.tmp -> spec.json), and GetJob
+    failed with INTERNAL when it caught one mid-rename."""
     try:
-        return path.lstat().st_size
+        status = path.lstat()
     except FileNotFoundError:
         return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
