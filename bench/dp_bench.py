@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dp_bench.py --out bench/results/dp_bench_cpu.json
 
-Generates a support-ticket routing task (20,000 training rows by default, prompt/completion,
+Generates a support-ticket routing task (50,000 training rows by default, prompt/completion,
 whose answer, "<team> <priority>", follows from the ticket's wording; about one ticket in ten is
 ambiguous between two teams, as real queues are; an order number makes nearly every row
 distinct), then runs two real worker jobs on it, side by side on their own cores, with
@@ -15,19 +15,21 @@ both arms, each canary's exposure (after training, before it, and by what traini
 
 What DP needs, measured here (figures in the issue notes): the noise on a step's mean gradient
 is noise_multiplier / expected batch of the clipping norm, and at a fixed epsilon the noise
-multiplier grows slowly with the batch, so the same rows spent as few large steps beat many
-small ones. The defaults (an expected batch of 1,024 for 12 steps: noise 0.58, 0.00056 per
-batch, epsilon 7.96) put DP 5% above the job without DP in one run (eval loss 0.682 vs 0.648,
-no canaries) and 35% above in two others (0.737 and 0.736 vs 0.545, canaries planted): the 21 canary rows
-change the data order, 12 steps end mid-curve, and there a few steps' difference is a large
-share of the loss (the job without DP is deterministic on CPU; DP's noise is not, yet its two
-runs agreed to 0.001). An expected batch of 256 for 30 steps (0.0021
-per batch) left DP far behind; clipping at 0.1 instead of 1.0 did too (0.966); 5,000 rows for 30
-steps (noise 1.07) let the job without DP reach its floor (0.022) while DP stopped at 0.18 (exact
-match 86% vs 98%). Few trainable parameters help (the noise's norm grows with their square root:
-LoRA r=4 on q_proj and v_proj, 230,400 weights, for both arms), and a learning rate high enough
-for few steps (1.5e-2, both arms). SmolLM2-135M trains at about 220-450 tokens/s per core here,
-depending on the machine: each arm takes 13 to 45 minutes.
+multiplier grows slowly with the batch (and barely with the steps: 0.575 for 12 steps of 1,024 of
+20,000 rows, 0.620 for 24), so the same rows spent as few large steps beat many small ones, and
+more rows to draw from lower it further. The defaults (50,000 rows, an expected batch of 2,048
+for 12 steps: noise 0.557, 0.00027 per batch, epsilon 7.98 at delta 6.8e-6, canaries planted)
+put DP at -1.5% (0.616 vs 0.626, seed 7) and +20% (0.867 vs 0.722, seed 8) of the job without
+DP; an expected batch of 1,024 of 20,000 rows (0.00056 per batch) gave +5% once and +35% twice.
+Twelve steps end mid-curve, where the data order alone moves either arm's loss by 15-20% (the
+job without DP went from 0.626 to 0.722 between the two seeds), so judge DP on several seeds
+(--seed), not one. An expected batch of 256 for 30 steps (0.0021 per batch) left DP far behind;
+clipping at 0.1 instead of 1.0 did too (0.966); 5,000 rows for 30 steps (noise 1.07) let the job
+without DP reach its floor (0.022) while DP stopped at 0.18 (exact match 86% vs 98%). Few
+trainable parameters help (the noise's norm grows with their square root: LoRA r=4 on q_proj
+and v_proj, 230,400 weights, for both arms), and a learning rate high enough for few steps
+(1.5e-2, both arms). SmolLM2-135M trains at about 150-450 tokens/s per core here, depending on
+the machine and the core: with the defaults each arm takes 45 to 70 minutes.
 """
 
 from __future__ import annotations
@@ -175,10 +177,10 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="base model directory (default SmolLM2-135M)")
-    parser.add_argument("--rows", type=int, default=20000, help="training rows (the DP unit)")
+    parser.add_argument("--rows", type=int, default=50000, help="training rows (the DP unit)")
     parser.add_argument("--validation-rows", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64, help="rows per micro-batch")
-    parser.add_argument("--accumulation", type=int, default=16, help="micro-batches per step (expected batch = product)")
+    parser.add_argument("--accumulation", type=int, default=32, help="micro-batches per step (expected batch = product)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--learning-rate", type=float, default=1.5e-2)
     parser.add_argument("--dp-learning-rate", type=float,
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("chat", "completion"), default="completion",
                         help="chat rows (system, ticket, answer) or prompt/completion rows, about half as long")
     parser.add_argument("--sequential", action="store_true", help="run the arms one after the other on all cores")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7,
+                        help="the generated rows and their order (both arms); DP's own sampling and noise are secret")
     parser.add_argument("--jobs-dir", type=Path, help="where the two jobs run (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
