@@ -23,9 +23,15 @@ put DP at -1.5% (0.616 vs 0.626, seed 7) and +20% (0.867 vs 0.722, seed 8) of th
 DP; an expected batch of 1,024 of 20,000 rows (0.00056 per batch) gave +5% once and +35% twice.
 Twelve steps end mid-curve, where the data order alone moves either arm's loss by 15-20% (the
 job without DP went from 0.626 to 0.722 between the two seeds), so judge DP on several seeds
-(--seed), not one. An expected batch of 256 for 30 steps (0.0021 per batch) left DP far behind;
-clipping at 0.1 instead of 1.0 did too (0.966); 5,000 rows for 30 steps (noise 1.07) let the job
-without DP reach its floor (0.022) while DP stopped at 0.18 (exact match 86% vs 98%). Few
+(--seed), not one. Changing only the DP arm's optimizer did not close the gap (seed 8, plain
+DP-Adam 0.867): Adam's eps at the noise's std damped the weak coordinates and ended at 1.041,
+at 3x that std it trailed further (1.75 at step 9), a rate of 2.5e-2 diverged at step 3, and
+DP-AdamBC (the second moment less the noise's variance, floored at it) gave 0.913 on seed 8 and
+0.786 against plain DP-Adam's 0.813 on seed 9. Every per-example gradient is clipped at 1.0
+(norms 3.2-5.5 before training, 4.6-14.5 after, 64 rows), so the batch and the rows to draw from,
+not the optimizer, are what is left to turn. An expected batch of 256 for 30 steps (0.0021 per
+batch) left DP far behind; clipping at 0.1 instead of 1.0 did too (0.966); 5,000 rows for 30
+steps (noise 1.07) let the job without DP reach its floor (0.022) while DP stopped at 0.18 (exact match 86% vs 98%). Few
 trainable parameters help (the noise's norm grows with their square root: LoRA r=4 on q_proj
 and v_proj, 230,400 weights, for both arms), and a learning rate high enough for few steps
 (1.5e-2, both arms). SmolLM2-135M trains at about 150-450 tokens/s per core here, depending on
