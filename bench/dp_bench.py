@@ -37,8 +37,10 @@ arms) is a compromise, not a DP lever: the noise's norm grows with the square ro
 trainable weights, but Adam scales each weight's step on its own, and at r=1 (57,600 weights)
 both arms learnt more slowly and DP fell further behind (seed 8: 1.114 against 0.799, +39%),
 while at r=8 the rate of 1.5e-2 (high enough for few steps at r=4) threw both arms back up by
-step 3 (eval 8.3 with DP, 11.6 without). SmolLM2-135M trains at about 150-450 tokens/s per core here, depending on
-the machine and the core: with the defaults each arm takes 45 to 70 minutes.
+step 3 (eval 8.3 with DP, 11.6 without). A lower rate for the DP arm alone is the open lead:
+--dp-learning-rate 1e-2 ended at 0.755 on seed 8 (+4.6% of the job without DP at 1.5e-2; one
+run, other seeds not yet measured). SmolLM2-135M trains at about 150-450 tokens/s per core here,
+depending on the machine and the core: with the defaults each arm takes 45 to 70 minutes.
 """
 
 from __future__ import annotations
