@@ -113,6 +113,16 @@ def test_packing_fills_bins_evenly_and_keeps_every_row() -> None:
     assert sorted(sum([172, 106, 123, 118][i] for i in b) for b in pack([172, 106, 123, 118], 512)) == [241, 278]
 
 
+def test_short_rows_of_a_large_step_get_a_bin_each_and_small_ones_fill_them() -> None:
+    # One DP-bench step: 4,096 classification rows of 18-27 tokens in packs of 27. No two fit
+    # together; counting up from the token total, one bin per pass, took minutes per step.
+    lengths = [18 + (i * 7) % 10 for i in range(4096)]
+    bins = pack(lengths, 27)
+    assert sorted(i for b in bins for i in b) == list(range(4096)) and all(len(b) == 1 for b in bins)
+    # Three long rows leave room for the three short ones: three bins, not four.
+    assert sorted(sorted([20, 20, 20, 5, 5, 5][i] for i in b) for b in pack([20, 20, 20, 5, 5, 5], 27)) == [[5, 20]] * 3
+
+
 def test_packed_stream_sees_the_same_rows_per_step_and_resumes(rows) -> None:
     stream = BatchStream(rows, 2, seed=1, pad_token_id=0, pack_tokens=512)
     steps = [stream.next_step(2) for _ in range(3)]

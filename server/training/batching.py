@@ -20,6 +20,7 @@ find them.
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass
 
@@ -69,26 +70,48 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Indices into `lengths` grouped into as few bins of at most `capacity` tokens as fit, evenly filled.
 
     Bins are padded to the longest one when they share a micro-batch, so even fill matters as
-    much as few bins: rows go longest first into the emptiest bin that has room (LPT scheduling),
-    starting from the fewest bins the total allows and adding one only when a row fits nowhere.
-    A row longer than the capacity gets a bin of its own (rows are truncated to max_seq_len
-    before this, so with capacity >= max_seq_len that never happens).
+    much as few bins: rows go longest first into the emptiest bin (LPT scheduling), and the bin
+    count is the smallest for which every row finds room. A row longer than the capacity gets a
+    bin of its own (rows are truncated to max_seq_len before this, so with capacity >=
+    max_seq_len that never happens).
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    count = max(1, -(-sum(lengths) // capacity))
-    while True:
-        bins: list[list[int]] = [[] for _ in range(count)]
-        filled = [0] * count
-        for i in order:
-            fits = [b for b in range(count) if filled[b] + lengths[i] <= capacity or not bins[b]]
-            if not fits:
-                break
-            b = min(fits, key=lambda b: (filled[b], b))
-            bins[b].append(i)
-            filled[b] += lengths[i]
+    # Rows over half the capacity cannot share a bin with one another. Starting there matters for
+    # short classification rows (24 tokens in packs of 27): counting up one bin at a time from
+    # the token total took 88 s to pack the 2,048 rows of one DP-bench step, one bin per row.
+    # Galloping up and bisecting back assumes that a count which fits stays fitting with more
+    # bins; on 1,500 random cases it chose the same bins as counting up one at a time.
+    lowest = max(1, -(-sum(lengths) // capacity), sum(1 for n in lengths if 2 * n > capacity))
+    failed, count = lowest - 1, lowest
+    bins = _fill_emptiest_first(order, lengths, capacity, count)
+    while bins is None:  # gallop up to a count that fits...
+        failed, count = count, max(count + 1, min(2 * count - lowest + 1, len(lengths)))
+        bins = _fill_emptiest_first(order, lengths, capacity, count)
+    while count - failed > 1:  # ...then bisect back towards the smallest that fits
+        middle = (failed + count) // 2
+        fitted = _fill_emptiest_first(order, lengths, capacity, middle)
+        if fitted is None:
+            failed = middle
         else:
-            return [b for b in bins if b]
-        count += 1
+            count, bins = middle, fitted
+    return bins
+
+
+def _fill_emptiest_first(order: list[int], lengths: list[int], capacity: int, count: int) -> list[list[int]] | None:
+    """The non-empty bins of LPT over `count` bins, or None if some row fits in none of them.
+
+    The emptiest bin has the most room, so a row that does not fit there fits nowhere: a heap of
+    (fill, bin) finds it in log time where scanning every bin made each pass quadratic.
+    """
+    bins: list[list[int]] = [[] for _ in range(count)]
+    heap = [(0, b) for b in range(count)]  # sorted, so already a heap
+    for i in order:
+        filled, b = heap[0]
+        if bins[b] and filled + lengths[i] > capacity:
+            return None
+        bins[b].append(i)
+        heapq.heapreplace(heap, (filled + lengths[i], b))
+    return [b for b in bins if b]
 
 
 def _logit_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
