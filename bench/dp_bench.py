@@ -40,10 +40,11 @@ on several seeds (--seed), not one. What did not close the gap, on seed 8 unless
 - smaller batches over more steps: 256 for 30 steps left DP far behind, and on 5,000 rows for 30
   steps (noise 1.07) DP stopped at 0.18 where the job without DP reached 0.022 (exact match 86%
   against 98%).
-What is left is the noise per batch itself: halving it (--rows 100000 --accumulation 64) took seed 8
-from +20% to +15.6% (0.881 against 0.845 at step 9; both arms about 90 minutes on one core). SmolLM2-135M trains at about 150-450 tokens/s
-per core here, depending on the machine and the core: with the defaults each arm takes 35 to
-70 minutes.
+What is left is the noise per batch itself: halving it (--rows 100000 --accumulation 64) took seed
+8 from +20% to +15.6% (+4.3% at step 9: 0.881 against 0.845); both arms gained, so more batch
+alone may not be enough. SmolLM2-135M trains at about 150-450 tokens/s per core here, depending
+on the machine and the core: with the defaults each arm takes 35 to 70 minutes, twice that at
+4,096.
 """
 
 from __future__ import annotations
