@@ -37,7 +37,8 @@ jobs reported in brackets):
 At 4,096 the two arms of seed 8 score 0.812 and 0.733, of seed 9 0.823 and 0.829; seed 9's job
 without DP did worse at 4,096 than at 2,048 (0.829 against 0.718), so part of that seed's closing is
 the baseline's, not DP's. Twelve steps end mid-curve, where the data order alone moves a job's
-loss by 15-20%, so judge DP on several seeds (--seed), not one. What did not close the gap at 2,048, on seed 8 unless said:
+loss by 15-20%, so judge DP on several seeds (--seed), not one. What did not close the gap at
+2,048, on seed 8 unless said:
 - the optimizer: Adam's eps at the noise's std (1.041), at 3x it (1.75 at step 9), DP-AdamBC
   (the second moment less the noise's variance, floored at it: 0.913; 0.786 against 0.813 on
   seed 9; on the 2,000 rows +26% and +11.5%);
