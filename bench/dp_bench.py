@@ -24,8 +24,8 @@ The eval set is 2,000 rows by default because the gap between two arms measured 
 moves by about 6 points either way with the rows drawn (a bootstrap over one pair of adapters:
 95% of 100-row draws fall within +4.3% and +17.5% of a +10.6% gap; 1,000 rows, +8.5% to +12.6%;
 2,000 rows, +9.1% to +12.1%). Eval loss, DP against the job without DP, the adapters of each pair
-scored on the same 2,000 fresh rows (95% bootstrap interval of the gap; the 100-row figure the
-jobs reported in brackets):
+scored on the same 2,000 fresh rows (the gap's 95% bootstrap interval in square brackets, the
+100-row figure the jobs reported in parentheses):
 
     rows     expected batch  noise per batch  seed 7                 seed 8                  seed 9
     50,000   2,048           2.7e-4           +4.9% [+3.2, +6.6]     +18.4% [+16.5, +20.3]   +18.7% [+17.2, +20.3]
