@@ -20,19 +20,18 @@ import torch
 from tunevault.server.privacy.canaries import CANDIDATES, CHANCE_BITS, Canary, candidates_for, exposure, make_canaries
 from tunevault.server.training import pii_leak_probe
 from tunevault.server.training.chat_data import ChatRow, Message
+from tunevault.server.training.evaluation import row_losses
 from tunevault.server.training.formats import TextRow, TrainingRow
 from tunevault.server.training.job_data import JobData
 from tunevault.server.training.job_spec import JobSpec
 from tunevault.server.training.stopping import StopFlag
 from tunevault.server.training.tokenization import (
-    IGNORE_INDEX,
     TokenizedRow,
     accuracy_prompt_ids,
     tokenize_example,
     truncate_row,
 )
 
-SCORE_BATCH_ROWS = 32
 # Greedy decoding gets the answer's length plus this much room to say the secret.
 EXTRACTION_SLACK_TOKENS = 8
 
@@ -77,28 +76,6 @@ def plant(tokenizer: Any, canaries: list[Canary], data_format: str) -> list[Toke
     return rows
 
 
-def _row_losses(model: Any, rows: list[TokenizedRow], pad_id: int) -> list[float]:
-    """Summed answer-token cross-entropy of each row (its negative log-likelihood, in nats)."""
-    device = next(model.parameters()).device
-    losses: list[float] = []
-    for start in range(0, len(rows), SCORE_BATCH_ROWS):
-        chunk = rows[start:start + SCORE_BATCH_ROWS]
-        width = max(len(r.input_ids) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(chunk):
-            ids[i, :len(row.input_ids)] = torch.tensor(row.input_ids)
-            labels[i, :len(row.labels)] = torch.tensor(row.labels)
-            mask[i, :len(row.input_ids)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        shifted = labels[:, 1:].to(device)
-        per_token = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
-        losses.extend(per_token.sum(dim=1).tolist())
-    return losses
-
-
 def _extracted(model: Any, tokenizer: Any, canary: Canary, data_format: str, answer_tokens: int) -> bool:
     from transformers import GenerationConfig
 
@@ -136,11 +113,11 @@ def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, 
                     stop.check()
                 secrets = [canary.secret, *candidates_for(canary, candidates, rng)]
                 rows = [tokenize_example(tokenizer, canary_row(canary, data_format, s)) for s in secrets]
-                losses = _row_losses(model, rows, pad)
+                losses = row_losses(model, rows, pad)
                 found = exposure(losses[0], losses[1:])
                 extracted = _extracted(model, tokenizer, canary, data_format, rows[0].label_count)
                 with model.disable_adapter():
-                    base_losses = _row_losses(model, rows, pad)
+                    base_losses = row_losses(model, rows, pad)
                 before = exposure(base_losses[0], base_losses[1:])
                 change = [after - base for after, base in zip(losses, base_losses)]
                 calibrated = exposure(change[0], change[1:])

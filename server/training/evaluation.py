@@ -15,11 +15,13 @@ import torch
 from tunevault.server.training.batching import Batch
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.stopping import StopFlag
+from tunevault.server.training.tokenization import IGNORE_INDEX, TokenizedRow
 
 # Extra generated tokens allowed beyond the reference answer's length: room for a differently
 # tokenized but equal answer (after strip) and its end-of-turn token, no room for rambling.
 ACCURACY_SLACK_TOKENS = 4
 GENERATION_BATCH_ROWS = 16
+SCORE_BATCH_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,28 @@ def eval_loss(model: Any, batches: list[Batch], stop: StopFlag | None = None) ->
     finally:
         model.train(was_training)
     return total / max(count, 1)
+
+
+def row_losses(model: Any, rows: list[TokenizedRow], pad_id: int) -> list[float]:
+    """Summed answer-token cross-entropy of each row (its negative log-likelihood, in nats)."""
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    for start in range(0, len(rows), SCORE_BATCH_ROWS):
+        chunk = rows[start:start + SCORE_BATCH_ROWS]
+        width = max(len(r.input_ids) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, :len(row.input_ids)] = torch.tensor(row.input_ids)
+            labels[i, :len(row.labels)] = torch.tensor(row.labels)
+            mask[i, :len(row.input_ids)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        shifted = labels[:, 1:].to(device)
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+        losses.extend(per_token.sum(dim=1).tolist())
+    return losses
 
 
 def _generate_batch(model: Any, tokenizer: Any, examples: list[AccuracyExample]) -> list[str]:
