@@ -19,12 +19,14 @@ from typing import Any
 # noise_multiplier / expected_batch. Above this, DP fine-tuning learns little in the steps a job
 # has: the DP LLM fine-tuning results that match non-private ones run at about 0.001-0.003
 # (e.g. Li et al. 2022: batches of ~1000 at noise ~1). bench/dp_bench.py on this CPU at epsilon
-# 8, 12 steps: at 0.00027 (50,000 rows, an expected batch of 2,048) DP ended at -1.5% and +20% of
-# the same job without DP on two seeds; at 0.00056 (20,000 rows, 1,024) at +5%, +35% and +35%;
-# at 0.0021 (10,000 rows, 256, 30 steps) it learnt, to 0.45, where the job without DP was at 0.27
-# by step 15; at 0.0042 (a batch of 128) it was still at 4.0 where non-DP reached 0.61. A rule of
-# thumb, stated with its numbers: above this it warns that DP will learn little; below it, DP
-# learns, and nearer 0.0003 it keeps up on some data orders and not on others.
+# 8, 12 steps, eval loss on 2,000 rows against the same job without DP: at 0.00013-0.00014
+# (100,000 rows, an expected batch of 4,096; PRV, RDP) -6.6%, +10.6% and -0.7% on three seeds;
+# at 0.00027 (50,000 rows, 2,048) +4.9%, +18.4% and +18.7% on three; at 0.00056 (20,000 rows,
+# 1,024; 100 eval rows, which move such a gap by about 6 points) +5%, +35% and +35%; at 0.0021
+# (10,000 rows, 256, 30 steps) it learnt, to 0.45, where the job without DP was at 0.27 by step
+# 15; at 0.0042 (a batch of 128) it was still at 4.0 where non-DP reached 0.61. A rule of thumb,
+# stated with its numbers: above this it warns that DP will learn little; below it, DP learns,
+# and nearer 0.0001-0.0003 it keeps up on some data orders and not on others.
 NOISE_PER_BATCH_WARN = 0.01
 SUGGESTION_FACTORS = (2, 4, 8, 16, 32, 64)  # the changes tried, as multiples of the current value
 MIN_USEFUL_STEPS = 10  # a suggestion that leaves fewer optimizer steps than this would not learn either
