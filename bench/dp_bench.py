@@ -82,10 +82,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from paired_gap import compare_adapters
+from paired_gap import DEFAULT_MODEL, compare_adapters
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / ".cache" / "models" / "smollm2-135m-instruct"
 # Short rows on purpose (about 39 tokens with the chat template, 20 as prompt/completion): SmolLM2
 # trains about a hundred tokens a second per core here, and DP needs many rows per step.
 SYSTEM = "Route: team and priority."

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from tunevault.server.training.batching import Batch
-from tunevault.server.training.objective import summed_token_loss
+from tunevault.server.training.batching import Batch, collate
+from tunevault.server.training.objective import row_summed_loss, summed_token_loss
 from tunevault.server.training.stopping import StopFlag
-from tunevault.server.training.tokenization import IGNORE_INDEX, TokenizedRow
+from tunevault.server.training.tokenization import TokenizedRow
 
 # Extra generated tokens allowed beyond the reference answer's length: room for a differently
 # tokenized but equal answer (after strip) and its end-of-turn token, no room for rambling.
@@ -51,23 +51,9 @@ def eval_loss(model: Any, batches: list[Batch], stop: StopFlag | None = None) ->
 
 def row_losses(model: Any, rows: list[TokenizedRow], pad_id: int) -> list[float]:
     """Summed answer-token cross-entropy of each row (its negative log-likelihood, in nats)."""
-    device = next(model.parameters()).device
     losses: list[float] = []
     for start in range(0, len(rows), SCORE_BATCH_ROWS):
-        chunk = rows[start:start + SCORE_BATCH_ROWS]
-        width = max(len(r.input_ids) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(chunk):
-            ids[i, :len(row.input_ids)] = torch.tensor(row.input_ids)
-            labels[i, :len(row.labels)] = torch.tensor(row.labels)
-            mask[i, :len(row.input_ids)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        shifted = labels[:, 1:].to(device)
-        per_token = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
-        losses.extend(per_token.sum(dim=1).tolist())
+        losses.extend(row_summed_loss(model, collate(rows[start:start + SCORE_BATCH_ROWS], pad_id)).tolist())
     return losses
 
 

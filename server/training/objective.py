@@ -68,6 +68,19 @@ def summed_token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     return loss, batch.label_tokens
 
 
+def _token_losses(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each labelled token, (rows, k), 0 where nothing is labelled; the targets, (rows, k))."""
+    logits, targets = _answer_logits(model, batch)
+    tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                             reduction="none").reshape(targets.shape)
+    return tokens, targets
+
+
+def row_summed_loss(model: Any, batch: Batch) -> torch.Tensor:
+    """Each row's summed cross-entropy over its labelled tokens, (rows,): its answer's negative log-likelihood."""
+    return _token_losses(model, batch)[0].sum(dim=1)
+
+
 def per_example_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(each row's mean cross-entropy over its own labelled tokens, (rows,); the batch's summed token loss, detached).
 
@@ -77,8 +90,6 @@ def per_example_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tens
     makes every row an equal unit, as the privacy guarantee counts them. A row without labelled
     tokens contributes 0 (and so a zero gradient).
     """
-    logits, targets = _answer_logits(model, batch)
-    tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                             reduction="none").reshape(targets.shape)
+    tokens, targets = _token_losses(model, batch)
     counts = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return tokens.sum(dim=1) / counts, tokens.detach().sum()
