@@ -11,7 +11,7 @@ STAMP      := $(VENV)/.installed-stamp
 # requirement would pull a multi-GB CUDA build. A CUDA machine installs its own torch first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install model test test-fast demo proto bench image clean
+.PHONY: install model test test-fast demo proto bench image gpu-carry clean
 
 $(STAMP): pyproject.toml Makefile
 	# promtool and a real Prometheus server for the metrics tests (Debian package).
@@ -51,5 +51,20 @@ IMAGE ?= tunevault:0.1.0
 image:
 	docker build -t $(IMAGE) .
 
+# What bench/gpu_check.sh needs on a lent GPU machine (Python 3.12, CUDA torch and transformers,
+# no network): wheels of the packages its image lacks, at the versions tested here, and the
+# default model's tokenizer for the random-weight shapes. Carry .gpu with the run.
+GPU_PYTHON   ?= 3.12
+GPU_PACKAGES := bitsandbytes|peft|cryptography|cffi|pycparser|sqlite-utils|sqlite-fts4|click-default-group
+
+gpu-carry: model
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/tokenizer
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .gpu/wheels \
+	  $$($(PIP) freeze | grep -iE '^($(GPU_PACKAGES))==') liger-kernel==0.8.5
+	cp $(MODELS_DIR)/smollm2-135m-instruct/tokenizer* $(MODELS_DIR)/smollm2-135m-instruct/chat_template.jinja .gpu/tokenizer/
+	du -sh .gpu
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache .gpu

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 8's GPU check in one command, for a lent H100/H200 whose image has CUDA torch,
+# transformers and accelerate but not bitsandbytes, liger-kernel or our own dependencies, and
+# no network. Sized to end inside one 10-minute device command.
+#
+#   here:   make gpu-carry                  (wheels for Python 3.12 and the tokenizer, into .gpu/)
+#   there:  bash bench/gpu_check.sh         (carry: .gpu; figures and logs land in $OUT)
+#
+# Stages, each logged: versions and the GPU, then bench/train_compare.py on a random-weight
+# Llama-3-8B shape at seq 2048 (3 runs per arm, alternated). STEPS, ACCUMULATION and BUDGET_S
+# shrink it when a run must fit in less time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-4}
+ACCUMULATION=${ACCUMULATION:-8}
+BUDGET_S=${BUDGET_S:-540}
+started=$SECONDS
+
+# Our wheels go into their own folder ahead of the image's packages; --no-deps keeps the image's
+# CUDA torch (a wheel's torch requirement would otherwise pull a CPU build or fail offline).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl
+# tunevault's three import roots under one namespace, as pyproject's package-dir maps them.
+mkdir -p /tmp/site/tunevault
+ln -sfn "$PWD/server" /tmp/site/tunevault/server
+ln -sfn "$PWD/client" /tmp/site/tunevault/client
+ln -sfn "$PWD/proto/tunevault/v1" /tmp/site/tunevault/v1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 - <<'EOF'
+import importlib
+for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger_kernel"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", "?"))
+    except Exception as exc:  # report, do not stop: the bench says what it cannot run without
+        print(name, "MISSING", type(exc).__name__, exc)
+import torch
+print("cuda", torch.version.cuda, torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+EOF
+} 2>&1 | tee "$OUT/versions.txt"
+
+left=$((BUDGET_S - (SECONDS - started)))
+set +e
+timeout "$left" python3 bench/train_compare.py --device cuda --model llama3-8b-shape \
+  --tokenizer-dir .gpu/tokenizer --max-seq-len 2048 --runs 3 --steps "$STEPS" --warmup 1 \
+  --batch-size 2 --accumulation "$ACCUMULATION" --out "$OUT/train_compare_cuda.json" \
+  2>&1 | grep -v "Loading weights" | tee "$OUT/train_compare_cuda.log"
+status=${PIPESTATUS[0]}
+echo "train_compare exit $status after $((SECONDS - started)) s" | tee -a "$OUT/train_compare_cuda.log"
+exit "$status"
