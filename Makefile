@@ -52,8 +52,9 @@ image:
 	docker build -t $(IMAGE) .
 
 # What bench/gpu_check.sh needs on a lent GPU machine (Python 3.12, CUDA torch and transformers,
-# no network): wheels of the packages its image lacks, at the versions tested here, and the
-# default model's tokenizer for the random-weight shapes. Carry .gpu with the run.
+# no network): wheels of the packages its image lacks, at the versions tested here (liger-kernel
+# at the gpu extra's pin), and the default model's tokenizer for the random-weight shapes.
+# Carry .gpu with the run.
 GPU_PYTHON   ?= 3.12
 GPU_PACKAGES := bitsandbytes|peft|cryptography|cffi|pycparser|sqlite-utils|sqlite-fts4|click-default-group
 
@@ -62,7 +63,7 @@ gpu-carry: model
 	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64 -d .gpu/wheels \
-	  $$($(PIP) freeze | grep -iE '^($(GPU_PACKAGES))==') liger-kernel==0.8.5
+	  $$($(PIP) freeze | grep -iE '^($(GPU_PACKAGES))==') $$(grep -o 'liger-kernel==[0-9.]*' pyproject.toml)
 	cp $(MODELS_DIR)/smollm2-135m-instruct/tokenizer* $(MODELS_DIR)/smollm2-135m-instruct/chat_template.jinja .gpu/tokenizer/
 	du -sh .gpu
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8's GPU check in one command, for a lent H100/H200 whose image has CUDA torch,
 # transformers and accelerate but not bitsandbytes, liger-kernel or our own dependencies, and
-# no network. Sized to end inside one 10-minute device command.
+# no network. Meant to end inside one 10-minute device command (BUDGET_S, below).
 #
 #   here:   make gpu-carry                  (wheels for Python 3.12 and the tokenizer, into .gpu/)
 #   there:  bash bench/gpu_check.sh         (carry: .gpu; figures and logs land in $OUT)
