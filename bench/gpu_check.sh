@@ -44,6 +44,7 @@ EOF
 } 2>&1 | tee "$OUT/versions.txt"
 
 left=$((BUDGET_S - (SECONDS - started)))
+(( left > 60 )) || left=60  # timeout 0 would mean no limit at all
 set +e
 timeout "$left" python3 bench/train_compare.py --device cuda --model llama3-8b-shape \
   --tokenizer-dir .gpu/tokenizer --max-seq-len 2048 --runs 3 --steps "$STEPS" --warmup 1 \
