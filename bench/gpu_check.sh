@@ -32,12 +32,14 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARAL
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 - <<'EOF'
 import importlib
-for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger_kernel"):
+from importlib.metadata import version
+for module, dist in (("torch", "torch"), ("transformers", "transformers"), ("peft", "peft"),
+                     ("bitsandbytes", "bitsandbytes"), ("accelerate", "accelerate"), ("liger_kernel", "liger-kernel")):
     try:
-        module = importlib.import_module(name)
-        print(name, getattr(module, "__version__", "?"))
+        importlib.import_module(module)
+        print(dist, version(dist))
     except Exception as exc:  # report, do not stop: the bench says what it cannot run without
-        print(name, "MISSING", type(exc).__name__, exc)
+        print(dist, "MISSING", type(exc).__name__, exc)
 import torch
 print("cuda", torch.version.cuda, torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 EOF
