@@ -22,12 +22,12 @@ imports and the model load; the data, the baseline eval and the step remain per 
 
 On the Firecracker VMs this project's CPU machines are, the first steps mostly pay for memory
 the host has not backed yet (the guest kernel runs with page_reporting, which hands freed pages
-back to the host): the example's first two training steps took 9-12 s each against 3-5 s
-afterwards, with 1.1 million minor page faults (4.4 GB) in those two and under ten in each later
-one. Filling a new 1 GiB array took 9.5 s on a machine that had been idle, and 0.2-0.3 s when
-memory freed a moment before was reused (by the same process or the next one). glibc's malloc
-thresholds do not remove it. A host that backs its memory up front should not pay this; that is
-not measured here.
+back to the host): the example's first two training steps took 10-15 s each against 4.5-6 s
+afterwards, with 1.1 million minor page faults (about 4.3 GiB) in those two and under ten in
+each later one. Filling a new 1 GiB array took 9.5 s on a machine that had been idle, and
+0.2-0.3 s when memory freed a moment before was reused (by the same process or the next one).
+glibc's malloc thresholds do not remove it. A host that backs its memory up front should not
+pay this; that is not measured here.
 
     python bench/first_step_bench.py --models-dir .cache/models --out bench/results/first_step.json
 """
