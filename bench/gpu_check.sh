@@ -7,13 +7,14 @@
 #   there:  bash bench/gpu_check.sh         (carry: .gpu; figures and logs land in $OUT)
 #
 # Stages, each logged: versions and the GPU, then bench/train_compare.py on a random-weight
-# Llama-3-8B shape at seq 2048 (3 runs per arm, alternated). STEPS, ACCUMULATION and BUDGET_S
-# shrink it when a run must fit in less time.
+# Llama-3-8B shape at seq 2048 (RUNS runs per arm, alternated; 3 by default). RUNS, STEPS,
+# ACCUMULATION and BUDGET_S shrink it when a run must fit in less time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 STEPS=${STEPS:-4}
+RUNS=${RUNS:-3}
 ACCUMULATION=${ACCUMULATION:-8}
 BUDGET_S=${BUDGET_S:-540}
 started=$SECONDS
@@ -49,7 +50,7 @@ left=$((BUDGET_S - (SECONDS - started)))
 (( left > 60 )) || left=60  # timeout 0 would mean no limit at all
 set +e
 timeout "$left" python3 bench/train_compare.py --device cuda --model llama3-8b-shape \
-  --tokenizer-dir .gpu/tokenizer --max-seq-len 2048 --runs 3 --steps "$STEPS" --warmup 1 \
+  --tokenizer-dir .gpu/tokenizer --max-seq-len 2048 --runs "$RUNS" --steps "$STEPS" --warmup 1 \
   --batch-size 2 --accumulation "$ACCUMULATION" --out "$OUT/train_compare_cuda.json" \
   2>&1 | grep -v "Loading weights" | tee "$OUT/train_compare_cuda.log"
 status=${PIPESTATUS[0]}

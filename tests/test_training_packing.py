@@ -142,3 +142,20 @@ def test_fixed_width_pads_packs_to_capacity_and_keeps_the_loss(lora_model, rows)
     loss_varying, _ = _loss_and_grads(model, varying)
     loss_fixed, _ = _loss_and_grads(model, fixed)
     assert loss_fixed == pytest.approx(loss_varying, rel=1e-5)
+
+
+def test_union_positions_path_matches_per_row_positions(lora_model, rows, monkeypatch) -> None:
+    """Older transformers (5.17, measured on the GPU image) read a 2-D logits_to_keep as one index for
+    every row; the 1-D union path used there must give the loss the 2-D path gives."""
+    from tunevault.server.training import objective
+
+    model, tokenizer = lora_model
+    packed = packed_micro_batches(rows, pack_tokens=2 * max(len(r.input_ids) for r in rows), packs_per_batch=8,
+                                  pad_token_id=tokenizer.pad_token_id)
+    assert packed[0].input_ids.shape[0] > 1  # rows with different answer positions
+    model.eval()
+    with torch.no_grad():
+        per_row = [float(summed_token_loss(model, b)[0]) for b in packed]
+        monkeypatch.setattr(objective, "_keeps_per_row_positions", lambda: False)
+        union = [float(summed_token_loss(model, b)[0]) for b in packed]
+    assert union == pytest.approx(per_row, rel=1e-6)

@@ -27,6 +27,29 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+def _keeps_per_row_positions() -> bool:
+    """Whether a 2-D integer logits_to_keep means positions per row (transformers' slice_logits_to_keep).
+
+    Older releases (5.17 on the GPU image, measured) index hidden_states[:, index] with it, which
+    silently yields (rows, rows, k) logits; they do understand a 1-D tensor (one set of positions
+    for every row).
+    """
+    import transformers.modeling_utils as modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+
+
+def _kept_logits(model: Any, inputs: dict[str, Any], index: torch.Tensor, cpu_index: torch.Tensor) -> torch.Tensor:
+    """Logits at index (rows, k) only, through logits_to_keep in the form this transformers understands."""
+    if _keeps_per_row_positions():
+        return model(**inputs, logits_to_keep=index).logits  # (rows, k, vocab)
+    # The union of every row's positions, then each row's own among them: found on the host from
+    # the batch's CPU copy, so it costs no device sync.
+    union, inverse = torch.unique(cpu_index, return_inverse=True)
+    logits = model(**inputs, logits_to_keep=union.to(index.device, non_blocking=True)).logits  # (rows, u, vocab)
+    return torch.take_along_dim(logits, inverse.to(index.device, non_blocking=True)[..., None], dim=1)
+
+
 def model_inputs(batch: Batch, device: torch.device) -> dict[str, Any]:
     """Forward-pass arguments: a packed batch passes position ids and no mask, which transformers
     turns into a causal mask that stops at every packed row's boundary."""
@@ -53,7 +76,7 @@ def _answer_logits(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor
     inputs = model_inputs(batch, device)
     with autocast(device):
         if _accepts_logits_to_keep(model):
-            logits = model(**inputs, logits_to_keep=index).logits  # (rows, k, vocab)
+            logits = _kept_logits(model, inputs, index, batch.logits_index)
         else:
             logits = torch.take_along_dim(model(**inputs).logits, index[..., None], dim=1)
     # Cross-entropy in float32 whatever the compute dtype: bf16 log-softmax over 49k classes is lossy.
