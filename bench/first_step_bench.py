@@ -56,7 +56,7 @@ from tunevault.server.training.quantized_model import QUANTIZED_CACHE_DIR  # noq
 # What a worker imports before data.prepared, then what model loading imports on top.
 WORKER_IMPORTS = (
     "import time; started = time.perf_counter();"
-    "import tunevault.server.worker; from tunevault.server.training.pii_step import apply_pii;"
+    "import tunevault.server.worker.train; from tunevault.server.training.pii_step import apply_pii;"
     "from tunevault.server.training.trainer import QLoRATrainer; from transformers import AutoTokenizer;"
     "early = time.perf_counter(); import bitsandbytes, peft; import transformers.integrations.bitsandbytes;"
     "print(early - started, time.perf_counter() - early)"

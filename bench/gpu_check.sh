@@ -22,12 +22,7 @@ started=$SECONDS
 # Our wheels go into their own folder ahead of the image's packages; --no-deps keeps the image's
 # CUDA torch (a wheel's torch requirement would otherwise pull a CPU build or fail offline).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl
-# tunevault's three import roots under one namespace, as pyproject's package-dir maps them.
-mkdir -p /tmp/site/tunevault
-ln -sfn "$PWD/server" /tmp/site/tunevault/server
-ln -sfn "$PWD/client" /tmp/site/tunevault/client
-ln -sfn "$PWD/proto/tunevault/v1" /tmp/site/tunevault/v1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv

@@ -3,7 +3,7 @@
 A synthetic referral-summary task whose answers hold identifiers (a name, an MRN, a birth date)
 that the questions do not: the worst case for memorization, since the model can only produce
 them from what it trained on. Canaries are planted at 1, 4 and 16 repetitions. Each arm is a real
-worker process (`python -m tunevault.server.worker`) with the job's memorization audit on:
+worker process (`python -m tunevault.server.worker.train`) with the job's memorization audit on:
   off     the data as it is: the control, which must leak for the other arms' zeros to mean anything
   redact  pii=redact: the worker trains on the scrubbed copy; the audit asks the ORIGINAL questions
   dp      the data as it is, with DP-SGD at epsilon 8 (the preflight warns this set is far too small
@@ -65,7 +65,7 @@ def run_arm(name: str, pii: str, extra: dict, train: Path, model_dir: Path, step
     started = time.perf_counter()
     # Events go to a file as they come, so a long arm can be watched (tail events.jsonl).
     with (job_dir / "worker.log").open("wb") as log, (job_dir / "events.jsonl").open("w") as events:
-        done = subprocess.run([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(work), name],
+        done = subprocess.run([sys.executable, "-m", "tunevault.server.worker.train", "--jobs-dir", str(work), name],
                               stdout=events, stderr=log, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}); see {job_dir / 'worker.log'}")

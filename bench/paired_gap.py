@@ -46,7 +46,7 @@ def adapter_row_losses(model_dir: Path, adapter_dir: Path, validation: Path) -> 
 
     from tunevault.server.training import quantized_model
     from tunevault.server.training.evaluation import row_losses as score_rows
-    from tunevault.server.training.formats import read_dataset
+    from tunevault.server.contract.formats import read_dataset
     from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
     from tunevault.server.training.tokenization import tokenize_example
 

@@ -1,4 +1,4 @@
-"""PII benchmark: precision, recall and F1 per type of tunevault.server.privacy.pii on labelled sets.
+"""PII benchmark: precision, recall and F1 per type of tunevault.server.privacy.pii.scrubber on labelled sets.
 
 Sets (bench/data), synthetic clinical and legal text; one JSON object per line: {"text",
 "entities": [{"start", "end", "type"}]}; rows without entities are hard negatives (eponyms,
@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tunevault.server.privacy import pii  # noqa: E402
+from tunevault.server.privacy.pii import scrubber as pii  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SETS = {"main": DATA / "pii_eval.jsonl", "holdout": DATA / "pii_eval_holdout.jsonl"}

@@ -49,8 +49,8 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from tunevault.server.training.events import EventWriter
-    from tunevault.server.training.job_spec import JobSpec
+    from tunevault.server.contract.events import EventWriter
+    from tunevault.server.contract.job_spec import JobSpec
     from tunevault.server.training.stopping import StopFlag
     from tunevault.server.training.trainer import QLoRATrainer
 

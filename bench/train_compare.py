@@ -99,7 +99,7 @@ def build_shaped_model(shape: str, tokenizer_dir: Path, out: Path, device: str) 
 # Shared by both arms ---------------------------------------------------------------------------
 
 def tokenized(tokenizer: Any, path: Path, max_seq_len: int) -> list[Any]:
-    from tunevault.server.training.chat_data import read_chat_jsonl
+    from tunevault.server.contract.chat_data import read_chat_jsonl
     from tunevault.server.training.tokenization import tokenize_row, truncate_row
 
     rows = [truncate_row(tokenize_row(tokenizer, r), max_seq_len) for r in read_chat_jsonl(path)]
@@ -246,8 +246,8 @@ def run_arm_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def run_arm_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import io
 
-    from tunevault.server.training.events import EventWriter
-    from tunevault.server.training.job_spec import JobSpec
+    from tunevault.server.contract.events import EventWriter
+    from tunevault.server.contract.job_spec import JobSpec
     from tunevault.server.training.stopping import StopFlag
     from tunevault.server.training.trainer import QLoRATrainer
 

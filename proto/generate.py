@@ -1,4 +1,4 @@
-"""Regenerates the checked-in Python code for proto/tunevault/v1/*.proto.
+"""Regenerates the checked-in Python code (src/tunevault/v1/) for proto/tunevault/v1/*.proto.
 
 Run by `make proto`; tests/test_proto_fresh.py runs it into a temporary directory and
 diffs, so a changed .proto without regenerated code fails the tests.
@@ -10,6 +10,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
+GENERATED_ROOT = PROTO_ROOT.parent / "src"
 
 
 def generate(out_dir: Path) -> None:
@@ -30,4 +31,4 @@ def generate(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_ROOT)
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else GENERATED_ROOT)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunevault.server.privacy import keys
-from tunevault.server.privacy.encryption import open_plain
+from tunevault.server.privacy.sealing import keys
+from tunevault.server.privacy.sealing.encryption import open_plain
 
 
 def read_plain(data_dir: Path, path: Path) -> bytes:

@@ -53,7 +53,7 @@ def test_server_process_never_loads_torch(server: RunningServer) -> None:
 
 
 def test_app_module_imports_without_torch() -> None:
-    code = "import sys, tunevault.server.app, tunevault.server.hyperparameters; print('torch' in sys.modules)"
+    code = "import sys, tunevault.server.app, tunevault.server.contract.hyperparameters; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -38,7 +38,7 @@ def _worker_pids(job_ids: set[str]) -> dict[str, int]:
             parts = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tunevault.server.worker" in parts:
+        if b"tunevault.server.worker.train" in parts:
             for job_id in job_ids:
                 if job_id.encode() in parts:
                     found[job_id] = int(entry.name)

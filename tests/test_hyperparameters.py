@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tunevault.server import hyperparameters as hp
+from tunevault.server.contract import hyperparameters as hp
 
 
 def test_empty_and_auto_values_validate_to_all_auto() -> None:
@@ -113,7 +113,7 @@ def test_validation_split_size_leaves_rows_on_both_sides() -> None:
 
 
 def test_importing_hyperparameters_does_not_import_torch() -> None:
-    probe = "import sys, tunevault.server.hyperparameters as h; h.resolve(h.validate({}), 10); print('torch' in sys.modules)"
+    probe = "import sys, tunevault.server.contract.hyperparameters as h; h.resolve(h.validate({}), 10); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

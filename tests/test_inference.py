@@ -27,7 +27,7 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path)
 
 class InferenceProcess:
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "tunevault.server.inference"], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "tunevault.server.inference.process"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def ask_raw(self, line: str) -> dict:
@@ -101,7 +101,7 @@ def test_bad_requests_get_errors_and_the_process_carries_on(inference: Inference
 def test_adapters_trained_on_plain_text_are_prompted_without_the_chat_template(tmp_path: Path) -> None:
     import json as _json
 
-    from tunevault.server.inference import trained_on_plain_text
+    from tunevault.server.inference.process import trained_on_plain_text
 
     for data_format, plain in (("completion", True), ("text", True), ("chat", False), ("instruction", False)):
         adapter = tmp_path / data_format

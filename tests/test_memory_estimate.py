@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import start_server, wait_for_state
 from tests.tiny_model import triage_subset
 from tunevault.server.config import DEVICE_MEMORY_ENV, parse_bytes
-from tunevault.server.training import memory_estimate as me
+from tunevault.server.contract import memory_estimate as me
 
 TINY = {  # tests/tiny_model.py's config, as its config.json has it
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

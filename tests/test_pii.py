@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunevault.server.privacy import pii
+from tunevault.server.privacy.pii import scrubber as pii
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,9 +236,9 @@ def test_redact_keeps_the_format_of_csv_and_prompt_completion_datasets(tmp_path)
     import json as _json
     from pathlib import Path as _Path
 
-    from tunevault.server.training.events import EventWriter
-    from tunevault.server.training.formats import read_dataset
-    from tunevault.server.training.job_spec import JobSpec
+    from tunevault.server.contract.events import EventWriter
+    from tunevault.server.contract.formats import read_dataset
+    from tunevault.server.contract.job_spec import JobSpec
     from tunevault.server.training.pii_step import apply_pii
 
     csv_file = tmp_path / "train.csv"

@@ -16,5 +16,5 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     module.generate(tmp_path)
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert generated, "the generator wrote nothing"
-    stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, REPO / "proto" / p, shallow=False)]
+    stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, REPO / "src" / p, shallow=False)]
     assert not stale, f"regenerate with `make proto`: {stale}"

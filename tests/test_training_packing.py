@@ -20,7 +20,7 @@ from tunevault.server.training.batching import (
     pack,
     packed_micro_batches,
 )
-from tunevault.server.training.chat_data import read_chat_jsonl
+from tunevault.server.contract.chat_data import read_chat_jsonl
 from tunevault.server.training.objective import model_inputs, summed_token_loss
 from tunevault.server.training.tokenization import IGNORE_INDEX, tokenize_row
 

@@ -77,7 +77,7 @@ def write_job(jobs_dir: Path, job_id: str, base_model_dir: Path, train_file: Pat
 def start_worker(jobs_dir: Path, job_id: str) -> subprocess.Popen:
     """The worker as the scheduler starts it: events on a stdout pipe, logs into a file."""
     log = (jobs_dir / job_id / "worker.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "tunevault.server.worker", "--jobs-dir", str(jobs_dir), job_id],
+    return subprocess.Popen([sys.executable, "-m", "tunevault.server.worker.train", "--jobs-dir", str(jobs_dir), job_id],
                             stdout=subprocess.PIPE, stderr=log, text=True)
 
 

@@ -1,0 +1,117 @@
+"""Field checks shared by the servicer: each failure names the field it is about."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tunevault.server.errors import FailedPrecondition, InvalidArgument
+from tunevault.server.privacy.sealing.encryption import open_plain
+from tunevault.v1 import tunevault_pb2 as pb
+
+MAX_LABEL_CHARS = 200
+MAX_ID_CHARS = 64
+MAX_PROMPT_CHARS = 32_000
+MAX_NEW_TOKENS = 4096
+MAX_STOP_SEQUENCES = 8
+MAX_PRIORITY = 1000
+MAX_ATTEMPTS = 20
+MAX_SCHEDULE_AHEAD_SECONDS = 366 * 86400
+
+
+def bounded(field: str, value: str, limit: int = MAX_LABEL_CHARS) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(field, f"longer than {limit} characters")
+    return value
+
+
+def required_id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not value.isascii() or not value.isprintable():
+        raise InvalidArgument(field, "ids are printable ASCII")
+    return bounded(field, value, MAX_ID_CHARS)
+
+
+def priority(value: int) -> int:
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArgument("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    return value
+
+
+def max_attempts(value: int) -> int:
+    if not 0 <= value <= MAX_ATTEMPTS:
+        raise InvalidArgument("max_attempts", f"must be between 1 and {MAX_ATTEMPTS} (0 for the default 3)")
+    return value or 3
+
+
+def not_before(request: pb.CreateJobRequest) -> float | None:
+    if not request.HasField("not_before"):
+        return None
+    seconds = request.not_before.seconds + request.not_before.nanos / 1e9
+    if seconds < 0 or seconds > time.time() + MAX_SCHEDULE_AHEAD_SECONDS:
+        raise InvalidArgument("not_before", "must be within a year from now")
+    return seconds
+
+
+def pii_mode(value: int) -> str:
+    if value == pb.PII_MODE_UNSPECIFIED:
+        return "off"
+    if value not in (pb.PII_MODE_OFF, pb.PII_MODE_REDACT, pb.PII_MODE_REJECT):
+        raise InvalidArgument("pii", "must be PII_MODE_OFF, PII_MODE_REDACT or PII_MODE_REJECT")
+    return pb.PiiMode.Name(value).removeprefix("PII_MODE_").lower()
+
+
+def role_name(value: int) -> str:
+    if value not in (pb.ROLE_VIEWER, pb.ROLE_SUBMITTER, pb.ROLE_ADMIN):
+        raise InvalidArgument("role", "must be ROLE_VIEWER, ROLE_SUBMITTER or ROLE_ADMIN")
+    return pb.Role.Name(value).removeprefix("ROLE_").lower()
+
+
+def _check_history(history) -> None:
+    """Earlier turns: user, assistant, user, assistant ... (the prompt is the next user turn)."""
+    if len(history) % 2:
+        raise InvalidArgument("history", "must end with an assistant turn (the prompt is the next user message)")
+    total = 0
+    for index, turn in enumerate(history):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if turn.role != expected:
+            raise InvalidArgument(f"history[{index}].role", f"must be {expected!r} (turns alternate, user first)")
+        total += len(turn.content)
+    if total > MAX_PROMPT_CHARS:
+        raise InvalidArgument("history", f"longer than {MAX_PROMPT_CHARS} characters in all")
+
+
+def generation(request: pb.GenerateRequest) -> tuple[int, float]:
+    """Checks the sampling fields; returns (max_tokens, top_p) with their defaults applied."""
+    if not request.prompt.strip():
+        raise InvalidArgument("prompt", "is empty")
+    bounded("prompt", request.prompt, MAX_PROMPT_CHARS)
+    bounded("system", request.system, MAX_PROMPT_CHARS)
+    _check_history(request.history)
+    max_tokens = request.max_tokens or 128
+    if not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        raise InvalidArgument("max_tokens", f"must be between 1 and {MAX_NEW_TOKENS}")
+    if not (math.isfinite(request.temperature) and 0 <= request.temperature <= 5):
+        raise InvalidArgument("temperature", "must be between 0 and 5")
+    top_p = request.top_p or 1.0
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidArgument("top_p", "must be in (0, 1]")
+    if len(request.stop) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_LABEL_CHARS for s in request.stop):
+        raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_LABEL_CHARS} characters")
+    return max_tokens, top_p
+
+
+def checkpoint_metrics(path: Path) -> dict[str, float]:
+    """Numbers from a checkpoint's record of itself, whatever file it keeps them in."""
+    for name in ("checkpoint.json", "state.json", "metrics.json"):
+        try:
+            with open_plain(path / name) as handle:  # checkpoints are sealed at rest
+                data = json.loads(handle.read())
+        except (OSError, ValueError, FailedPrecondition):  # unreadable, or its key destroyed
+            continue
+        data = data.get("metrics", data) if isinstance(data, dict) else {}
+        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {}

@@ -1,0 +1,1 @@
+"""Generation: the long-lived inference process, and the server's handle on it."""

@@ -1,0 +1,1 @@
+"""PII scrubbing: finding identifiers in text and redacting or refusing them."""

@@ -1,0 +1,68 @@
+"""Starting worker processes: the seam where a Kubernetes Job or torchrun executor would plug in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+
+@dataclass
+class WorkerProcess:
+    """A running worker: its process, the event pipe, and the log file its stderr goes to."""
+
+    job_id: str
+    process: subprocess.Popen
+    log_path: Path
+    # When the scheduler first asked it to stop (cancel or pause); it is killed after a grace.
+    stop_signalled_at: float | None = None
+
+    @property
+    def events(self) -> IO[str]:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    def terminate(self) -> None:
+        """Asks the worker to checkpoint and stop (SIGTERM); harmless if it already exited."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+class LocalProcessExecutor:
+    """Runs each job as `python -m tunevault.server.worker.train` on this machine."""
+
+    def __init__(self, python: str, jobs_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.jobs_dir = jobs_dir
+        self.extra_env = extra_env or {}
+
+    def start(self, job_id: str) -> WorkerProcess:
+        """The training worker of one job."""
+        return self._spawn("tunevault.server.worker.train", job_id, "worker.log")
+
+    def start_validation(self, job_id: str) -> WorkerProcess:
+        """The validation process of a VALIDATING job: same events, same environment, no GPU needed."""
+        return self._spawn("tunevault.server.worker.validate", job_id, "validation.log")
+
+    def _spawn(self, module: str, job_id: str, log_name: str) -> WorkerProcess:
+        job_dir = self.jobs_dir / job_id
+        log_path = job_dir / log_name
+        # TUNEVAULT_PARENT_PID lets the worker ask the kernel for SIGTERM when this process
+        # dies (prctl PDEATHSIG, set by the worker itself). No preexec_fn here: running Python
+        # in a forked child of a process with gRPC threads can abort the child before exec.
+        env = {**os.environ, **self.extra_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", module, "--jobs-dir", str(self.jobs_dir), job_id],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+                env=env, cwd=job_dir, start_new_session=True,
+            )
+        return WorkerProcess(job_id=job_id, process=process, log_path=log_path)
