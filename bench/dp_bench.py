@@ -146,12 +146,12 @@ def run_job(jobs_dir: Path, job_id: str, model: Path, train: Path, validation: P
 
     `cpus` pins the worker (and so its thread count, which follows the affinity mask) to those cores.
     """
+    from tunevault.server.contract.job_spec import JobSpec, resolve_for_files
+
     job_dir = jobs_dir / job_id
-    job_dir.mkdir(parents=True)
-    spec = {"job_id": job_id, "base_model_dir": str(model), "train_file": str(train),
-            "validation_file": str(validation), "output_dir": str(job_dir / "artifacts"),
-            "checkpoint_dir": str(job_dir / "checkpoints"), "hyperparameters": hyperparameters}
-    (job_dir / "spec.json").write_text(json.dumps(spec))
+    JobSpec(job_id=job_id, base_model_dir=model, train_file=train, validation_file=validation,
+            output_dir=job_dir / "artifacts", checkpoint_dir=job_dir / "checkpoints",
+            hyperparameters=resolve_for_files(hyperparameters, train, validation)).write(job_dir)
     started = time.perf_counter()
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     # Events go to a file as they come, so a long run can be watched (tail events.jsonl).

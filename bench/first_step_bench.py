@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import DEFAULT_MODEL, start_server, wait_for_state  # noqa: E402
+
 from tunevault.client import Client  # noqa: E402
 from tunevault.server.training.quantized_model import QUANTIZED_CACHE_DIR  # noqa: E402
 

@@ -54,14 +54,14 @@ def make_rows(count: int, rng: random.Random) -> list[dict]:
 
 
 def run_arm(name: str, pii: str, extra: dict, train: Path, model_dir: Path, steps: int, work: Path) -> dict:
+    from tunevault.server.contract.job_spec import JobSpec, resolve_for_files
+
     job_dir = work / name
-    job_dir.mkdir(parents=True)
-    spec = {"job_id": name, "base_model_dir": str(model_dir), "train_file": str(train), "validation_file": None,
-            "output_dir": str(job_dir / "artifacts"), "checkpoint_dir": str(job_dir / "checkpoints"), "pii": pii,
-            "hyperparameters": {"max_steps": steps, "batch_size": 8, "eval_every": 0, "checkpoint_every": 0,
-                                "eval_accuracy_max_examples": 0, "validation_fraction": 0.1,
-                                "canary_repetitions": [1, 4, 16], **extra}}
-    (job_dir / "spec.json").write_text(json.dumps(spec))
+    requested = {"max_steps": steps, "batch_size": 8, "eval_every": 0, "checkpoint_every": 0,
+                 "eval_accuracy_max_examples": 0, "validation_fraction": 0.1, "canary_repetitions": [1, 4, 16], **extra}
+    JobSpec(job_id=name, base_model_dir=model_dir, train_file=train, validation_file=None,
+            output_dir=job_dir / "artifacts", checkpoint_dir=job_dir / "checkpoints", pii=pii,
+            hyperparameters=resolve_for_files(requested, train)).write(job_dir)
     started = time.perf_counter()
     # Events go to a file as they come, so a long arm can be watched (tail events.jsonl).
     with (job_dir / "worker.log").open("wb") as log, (job_dir / "events.jsonl").open("w") as events:

@@ -44,9 +44,9 @@ def adapter_row_losses(model_dir: Path, adapter_dir: Path, validation: Path) -> 
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from tunevault.server.contract.formats import read_dataset
     from tunevault.server.training import quantized_model
     from tunevault.server.training.evaluation import row_losses as score_rows
-    from tunevault.server.contract.formats import read_dataset
     from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
     from tunevault.server.training.tokenization import tokenize_example
 

@@ -50,7 +50,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from tunevault.server.contract.events import EventWriter
-    from tunevault.server.contract.job_spec import JobSpec
+    from tunevault.server.contract.job_spec import JobSpec, resolve_for_files
     from tunevault.server.training.stopping import StopFlag
     from tunevault.server.training.trainer import QLoRATrainer
 
@@ -65,7 +65,7 @@ def main() -> None:
           "max_seq_len": args.max_seq_len, "eval_every": 0, "checkpoint_every": 0, "seed": 0}
     spec = JobSpec(job_id="profile", base_model_dir=model_dir, train_file=work / "train.jsonl",
                    validation_file=work / "validation.jsonl", output_dir=work / "out", checkpoint_dir=work / "ckpt",
-                   hyperparameters=hp)
+                   hyperparameters=resolve_for_files(hp, work / "train.jsonl", work / "validation.jsonl"))
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
                  schedule=schedule(wait=0, warmup=args.steps - 3, active=2, repeat=1)) as prof:

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import DEFAULT_MODEL, start_server  # noqa: E402
+
 from tunevault.client import Client  # noqa: E402
 
 ROW = {"messages": [{"role": "user", "content": "Itchy rash on both shins."}, {"role": "assistant", "content": "dermatology"}]}

@@ -99,7 +99,7 @@ def build_shaped_model(shape: str, tokenizer_dir: Path, out: Path, device: str) 
 # Shared by both arms ---------------------------------------------------------------------------
 
 def tokenized(tokenizer: Any, path: Path, max_seq_len: int) -> list[Any]:
-    from tunevault.server.contract.chat_data import read_chat_jsonl
+    from tunevault.server.contract.formats import read_chat_jsonl
     from tunevault.server.training.tokenization import tokenize_row, truncate_row
 
     rows = [truncate_row(tokenize_row(tokenizer, r), max_seq_len) for r in read_chat_jsonl(path)]
@@ -168,8 +168,15 @@ def run_arm_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from torch.utils.data import SequentialSampler
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     cuda = args.device == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir), local_files_only=True)
@@ -247,7 +254,7 @@ def run_arm_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import io
 
     from tunevault.server.contract.events import EventWriter
-    from tunevault.server.contract.job_spec import JobSpec
+    from tunevault.server.contract.job_spec import JobSpec, resolve_for_files
     from tunevault.server.training.stopping import StopFlag
     from tunevault.server.training.trainer import QLoRATrainer
 
@@ -259,7 +266,8 @@ def run_arm_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     spec = JobSpec(job_id="bench", base_model_dir=args.model_dir, train_file=work / "train.jsonl",
                    validation_file=work / "validation.jsonl", output_dir=work / "arm-b" / "adapter",
-                   checkpoint_dir=work / "arm-b" / "checkpoints", hyperparameters=hyperparameters)
+                   checkpoint_dir=work / "arm-b" / "checkpoints",
+                   hyperparameters=resolve_for_files(hyperparameters, work / "train.jsonl", work / "validation.jsonl"))
     trainer = QLoRATrainer(spec, EventWriter(io.StringIO()), StopFlag())
     trainer.setup()
     rows_per_step = args.batch_size * args.accumulation

@@ -13,7 +13,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-
 from tests.conftest import EXAMPLES, start_server, wait_for_state
 from tunevault.v1 import tunevault_pb2 as pb
 

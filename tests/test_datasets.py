@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunevault.server.datasets import check_chat_jsonl, check_dataset
 from tunevault.server.contract.chat_data import MAX_LINE_BYTES, DatasetError
+from tunevault.server.datasets import check_chat_jsonl, check_dataset
 
 
 def _row(*messages: tuple[str, str]) -> bytes:

@@ -20,10 +20,10 @@ import torch
 
 from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, stop_after, triage_subset, write_job
 from tunevault.server.contract import hyperparameters as hp
+from tunevault.server.contract.formats import read_chat_jsonl
 from tunevault.server.privacy import dp_plan
 from tunevault.server.training import quantized_model
 from tunevault.server.training.batching import collate, poisson_micro_batches
-from tunevault.server.contract.chat_data import read_chat_jsonl
 from tunevault.server.training.objective import per_example_loss, summed_token_loss
 from tunevault.server.training.tokenization import tokenize_row
 
@@ -285,10 +285,10 @@ def test_bad_dp_settings_name_their_field(raw: dict, field: str) -> None:
 def test_dp_defaults_resolve_below_one_over_n_and_stay_out_of_non_dp_jobs() -> None:
     for rows in (60, 5000, 200_000):
         resolved = hp.resolve(hp.validate({"dp_epsilon": 8}), train_rows=rows, has_validation_file=True)
-        assert resolved["dp_delta"] < 1 / rows and resolved["dp_delta"] <= 1e-5
-        assert resolved["dp_accountant"] == "rdp" and resolved["dp_max_grad_norm"] == 1.0
-        assert hp.resolve(hp.validate(resolved), train_rows=rows, has_validation_file=True) == resolved
-    assert not any(k.startswith("dp_") for k in hp.resolve(hp.validate({}), train_rows=100))
+        assert resolved.dp_delta < 1 / rows and resolved.dp_delta <= 1e-5
+        assert resolved.dp_accountant == "rdp" and resolved.dp_max_grad_norm == 1.0
+        assert hp.resolve(hp.validate(resolved.to_dict()), train_rows=rows, has_validation_file=True) == resolved
+    assert not any(k.startswith("dp_") for k in hp.resolve(hp.validate({}), train_rows=100).to_dict())
 
 
 def test_dp_plan_imports_without_torch() -> None:

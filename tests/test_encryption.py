@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from tests.conftest import wait_for_state
 from tunevault.server.privacy.sealing import canary_secrets, encryption, keys
 from tunevault.server.privacy.sealing.encryption import (
     CHUNK_SIZE,
@@ -33,8 +35,6 @@ from tunevault.server.privacy.sealing.keys import (
 )
 from tunevault.server.store import Store
 from tunevault.v1 import tunevault_pb2 as pb
-
-from tests.conftest import wait_for_state
 
 KEY = secrets.token_bytes(32)
 

@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import DEFAULT_MODEL
-from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, write_job
 from tests.test_training_data import _labelled_text
+from tests.tiny_model import EXAMPLES, WorkerRun, run_worker, write_job
 from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract.chat_data import MAX_LINE_BYTES, DatasetError
 from tunevault.server.contract.formats import read_dataset
+from tunevault.server.contract.job_spec import resolve_for_files
 from tunevault.server.training.job_data import prepare_job_data
 from tunevault.server.training.tokenization import IGNORE_INDEX, accuracy_prompt_ids, tokenize_example
 
@@ -256,8 +257,8 @@ def test_malformed_parquet_is_named_with_row_and_field(tmp_path: Path) -> None:
     (TEXT * 4, None),
 ])
 def test_accuracy_examples_ask_the_prompt_or_nothing_for_text(tmp_path: Path, tokenizer, rows: list, prompt_end) -> None:
-    data = prepare_job_data(tokenizer, write_jsonl(tmp_path / "d.jsonl", rows), None,
-                            hp.validate({"validation_fraction": 0.25}))
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = prepare_job_data(tokenizer, path, None, resolve_for_files({"validation_fraction": 0.25}, path))
     if prompt_end is None:
         assert data.accuracy_examples == [] and data.data_format == "text"
         return
@@ -336,7 +337,7 @@ def test_job_data_counts_duplicates_overlap_and_rows_that_teach_stopping(tmp_pat
     train.write_text("\n".join([chat("a", "x"), chat("a", "x"), chat("b", "y"), chat("c", "z")]) + "\n")
     validation = tmp_path / "validation.jsonl"
     validation.write_text("\n".join([chat("c", "z"), chat("d", "w")]) + "\n")
-    data = prepare_job_data(tokenizer, train, validation, hp.validate({"max_steps": 1}))
+    data = prepare_job_data(tokenizer, train, validation, resolve_for_files({"max_steps": 1}, train, validation))
     assert data.duplicate_train_rows == 1 and data.overlap_rows == 1
     assert data.rows_learning_to_stop == 4  # every answer is labelled through <|im_end|>
     warnings = data.warnings(tokenizer.eos_token)
@@ -345,7 +346,7 @@ def test_job_data_counts_duplicates_overlap_and_rows_that_teach_stopping(tmp_pat
 
     text = tmp_path / "text.jsonl"
     text.write_text(json.dumps({"text": "a document"}) + "\n")
-    plain = prepare_job_data(tokenizer, text, text, hp.validate({"max_steps": 1}))
+    plain = prepare_job_data(tokenizer, text, text, resolve_for_files({"max_steps": 1}, text, text))
     assert plain.rows_learning_to_stop == 1  # EOS is appended to text rows and labelled
 
 
@@ -356,10 +357,12 @@ def test_truncation_policy_cuts_or_drops_long_rows_and_reports_them(tmp_path: Pa
     train.write_text("\n".join([chat("short", "x"), chat("long " * 200, "y"), chat("also short", "z")]) + "\n")
     validation = tmp_path / "validation.jsonl"
     validation.write_text(chat("short", "x") + "\n")
-    cut = prepare_job_data(tokenizer, train, validation, hp.validate({"max_steps": 1, "max_seq_len": 64}))
+    cut = prepare_job_data(tokenizer, train, validation,
+                           resolve_for_files({"max_steps": 1, "max_seq_len": 64}, train, validation))
     assert len(cut.train) == 2 and cut.dropped_train_rows == 1 and cut.truncated_rows == 1  # cut past its answer
     dropped = prepare_job_data(tokenizer, train, validation,
-                               hp.validate({"max_steps": 1, "max_seq_len": 64, "truncation": "drop"}))
+                               resolve_for_files({"max_steps": 1, "max_seq_len": 64, "truncation": "drop"}, train,
+                                                 validation))
     assert len(dropped.train) == 2 and dropped.dropped_train_rows == 1 and dropped.truncated_rows == 0
     with pytest.raises(hp.HyperparameterError, match="truncation.*truncate, drop"):
         hp.validate({"truncation": "left"})

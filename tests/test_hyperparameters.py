@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
+from tests.conftest import REPO
 from tunevault.server.contract import hyperparameters as hp
 
 
@@ -58,50 +61,50 @@ def test_bad_values_name_their_field(raw: dict, field: str) -> None:
 
 def test_resolve_fills_every_field_but_the_model_and_device_dependent_ones() -> None:
     resolved = hp.resolve(hp.validate({}), train_rows=360)
-    missing = {k for k, v in resolved.items() if v is None}
+    missing = {k for k, v in resolved.to_dict().items() if v is None}
     assert missing == {"lora_target_modules", "max_seq_len", "gradient_checkpointing"}
-    assert 1e-3 <= resolved["learning_rate"] <= 2e-3
-    assert resolved["lora_alpha"] == 2 * resolved["lora_r"]
+    assert 1e-3 <= resolved.learning_rate <= 2e-3
+    assert resolved.lora_alpha == 2 * resolved.lora_r
 
 
 def test_resolve_keeps_explicit_values() -> None:
     explicit = {"epochs": 2, "max_steps": 7, "learning_rate": 1e-4, "batch_size": 3, "eval_every": 2,
                 "checkpoint_every": 5, "seed": 9, "max_seq_len": 64, "validation_fraction": 0.25}
     resolved = hp.resolve(hp.validate(explicit), train_rows=100, longest_row_tokens=5000)
-    assert {k: resolved[k] for k in explicit} == explicit
+    assert {k: getattr(resolved, k) for k in explicit} == explicit
 
 
 def test_auto_steps_give_small_datasets_several_epochs_within_the_example_budget() -> None:
     small = hp.resolve(hp.Hyperparameters(), train_rows=40, has_validation_file=True)
     tiny = hp.resolve(hp.Hyperparameters(), train_rows=10, has_validation_file=True)
     large = hp.resolve(hp.Hyperparameters(), train_rows=100_000, has_validation_file=True)
-    assert small["epochs"] > 1 and large["epochs"] == 1
-    assert small["max_steps"] * small["batch_size"] >= hp.AUTO_EXAMPLE_BUDGET - small["batch_size"]
-    assert large["max_steps"] == math.ceil(hp.AUTO_EXAMPLE_BUDGET / large["batch_size"])
-    assert tiny["epochs"] == hp.AUTO_MAX_EPOCHS and tiny["max_steps"] == math.ceil(10 * 10 / 8)
-    assert hp.resolve(hp.Hyperparameters(), train_rows=100_000, example_budget=8000)["max_steps"] == 1000
+    assert small.epochs > 1 and large.epochs == 1
+    assert small.max_steps * small.batch_size >= hp.AUTO_EXAMPLE_BUDGET - small.batch_size
+    assert large.max_steps == math.ceil(hp.AUTO_EXAMPLE_BUDGET / large.batch_size)
+    assert tiny.epochs == hp.AUTO_MAX_EPOCHS and tiny.max_steps == math.ceil(10 * 10 / 8)
+    assert hp.resolve(hp.Hyperparameters(), train_rows=100_000, example_budget=8000).max_steps == 1000
 
 
 def test_the_triage_demo_gets_32_steps_with_or_without_a_validation_file() -> None:
     with_file = hp.resolve(hp.Hyperparameters(), train_rows=360, has_validation_file=True)
     split = hp.resolve(hp.Hyperparameters(), train_rows=360)
-    assert with_file["max_steps"] == split["max_steps"] == 32
-    assert with_file["eval_every"] == 16 and with_file["checkpoint_every"] == 8
+    assert with_file.max_steps == split.max_steps == 32
+    assert with_file.eval_every == 16 and with_file.checkpoint_every == 8
 
 
 def test_explicit_epochs_are_trained_in_full() -> None:
     resolved = hp.resolve(hp.validate({"epochs": 3, "batch_size": 4}), train_rows=100, has_validation_file=True)
-    assert resolved["max_steps"] == 3 * 25
+    assert resolved.max_steps == 3 * 25
 
 
 def test_auto_max_seq_len_follows_the_longest_row_up_to_the_cap() -> None:
-    assert hp.resolve(hp.Hyperparameters(), train_rows=10, longest_row_tokens=153)["max_seq_len"] == 153
-    assert hp.resolve(hp.Hyperparameters(), train_rows=10, longest_row_tokens=9000)["max_seq_len"] == hp.AUTO_MAX_SEQ_LEN_CAP
+    assert hp.resolve(hp.Hyperparameters(), train_rows=10, longest_row_tokens=153).max_seq_len == 153
+    assert hp.resolve(hp.Hyperparameters(), train_rows=10, longest_row_tokens=9000).max_seq_len == hp.AUTO_MAX_SEQ_LEN_CAP
 
 
 def test_resolve_is_idempotent() -> None:
     once = hp.resolve(hp.validate({}), train_rows=360, longest_row_tokens=150)
-    twice = hp.resolve(hp.validate(once), train_rows=360, longest_row_tokens=150)
+    twice = hp.resolve(hp.validate(once.to_dict()), train_rows=360, longest_row_tokens=150)
     assert once == twice
 
 
@@ -121,10 +124,10 @@ def test_importing_hyperparameters_does_not_import_torch() -> None:
 def test_export_merged_is_off_by_default_and_passes_through_resolve() -> None:
     assert hp.validate({}).export_merged is False
     assert hp.validate({"export_merged": "auto"}).export_merged is False
-    assert hp.resolve(hp.validate({}), train_rows=100)["export_merged"] is False
+    assert hp.resolve(hp.validate({}), train_rows=100).export_merged is False
     on = hp.resolve(hp.validate({"export_merged": True}), train_rows=100)
-    assert on["export_merged"] is True
-    assert hp.resolve(hp.validate(on), train_rows=100) == on
+    assert on.export_merged is True
+    assert hp.resolve(hp.validate(on.to_dict()), train_rows=100) == on
 
 
 @pytest.mark.parametrize("value", ["true", "false", 1, 0, 1.0, ["yes"]])
@@ -133,3 +136,44 @@ def test_export_merged_takes_only_true_or_false(value: object) -> None:
         hp.validate({"export_merged": value})
     assert caught.value.field == "export_merged"
     assert "true or false" in caught.value.reason and repr(value) in caught.value.reason
+
+
+def test_every_setting_has_the_proto_field_of_the_same_name_and_kind() -> None:
+    from tunevault.v1 import tunevault_pb2 as pb
+
+    descriptor = pb.Hyperparameters.DESCRIPTOR
+    assert [f.name for f in descriptor.fields] == list(hp.RULES)
+    assert [f.name for f in fields(hp.ResolvedHyperparameters)] == list(hp.RULES)
+    scalar = {descriptor.fields[0].TYPE_INT32: int, descriptor.fields[0].TYPE_INT64: int,
+              descriptor.fields[0].TYPE_DOUBLE: float, descriptor.fields[0].TYPE_STRING: str,
+              descriptor.fields[0].TYPE_BOOL: bool}
+    for field in descriptor.fields:
+        rule = hp.RULES[field.name]
+        if field.is_repeated:
+            assert rule.kind in (tuple, list), field.name
+        else:
+            assert scalar[field.type] is rule.kind, field.name
+
+
+def test_every_range_the_proto_states_is_the_range_validation_enforces() -> None:
+    text = (REPO / "proto" / "tunevault" / "v1" / "tunevault.proto").read_text()
+    block = text[text.index("message Hyperparameters {"):]
+    block = block[: block.index("\n}")]
+    stated = {}
+    comment = ""
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("//"):
+            comment += " " + line
+            continue
+        field = re.match(r"(?:optional |repeated )?\w+ (\w+) = \d+;", line)
+        if field:
+            found = re.search(r"in ([\[(])([-0-9.e+]+), ([-0-9.e+]+)\]", comment)
+            if found:
+                stated[field.group(1)] = (found.group(1) == "(", float(found.group(2)), float(found.group(3)))
+            comment = ""
+    numeric = {name for name, rule in hp.RULES.items() if rule.kind in (int, float)}
+    assert set(stated) == numeric, numeric ^ set(stated)
+    for name, (low_open, low, high) in stated.items():
+        rule = hp.RULES[name]
+        assert (rule.low_open, rule.low, rule.high) == (low_open, low, high), name

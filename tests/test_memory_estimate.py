@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -12,13 +13,20 @@ import pytest
 from tests.conftest import start_server, wait_for_state
 from tests.tiny_model import triage_subset
 from tunevault.server.config import DEVICE_MEMORY_ENV, parse_bytes
+from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract import memory_estimate as me
+from tunevault.server.training.runtime import measured_peak_bytes
 
 TINY = {  # tests/tiny_model.py's config, as its config.json has it
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "vocab_size": 49152, "tie_word_embeddings": True,
 }
-HP = {"batch_size": 2, "max_seq_len": 32, "lora_r": 8, "lora_dropout": 0.05, "lora_target_modules": None}
+
+def resolved(**values: object) -> hp.ResolvedHyperparameters:
+    return hp.resolve(hp.validate(values), train_rows=100)
+
+
+HP = resolved(batch_size=2, max_seq_len=32, lora_r=8, lora_dropout=0.05)
 
 
 def test_the_estimate_matches_a_hand_computation_for_the_tiny_model() -> None:
@@ -46,7 +54,7 @@ def test_the_estimate_matches_a_hand_computation_for_the_tiny_model() -> None:
 
 def test_the_estimate_grows_with_batch_size_and_sequence_length() -> None:
     def total(batch: int, seq: int) -> int:
-        return me.estimate_peak_memory(TINY, {**HP, "batch_size": batch, "max_seq_len": seq}).total
+        return me.estimate_peak_memory(TINY, replace(HP, batch_size=batch, max_seq_len=seq)).total
 
     assert total(2, 32) < total(4, 32) < total(8, 32)
     assert total(2, 32) < total(2, 64) < total(2, 128)
@@ -55,10 +63,10 @@ def test_the_estimate_grows_with_batch_size_and_sequence_length() -> None:
 def test_labels_checkpointing_and_dropout_change_what_is_kept() -> None:
     everything = me.estimate_peak_memory(TINY, HP)
     assert me.estimate_peak_memory(TINY, HP, label_tokens_per_row=4).logits == 2 * 4 * 49152 * 12 < everything.logits
-    assert me.estimate_peak_memory(TINY, {**HP, "lora_dropout": 0.0}).activations < everything.activations
+    assert me.estimate_peak_memory(TINY, replace(HP, lora_dropout=0.0)).activations < everything.activations
     cuda = me.estimate_peak_memory(TINY, HP, device="cuda")
     assert cuda.activations < everything.activations and cuda.dataset == 0
-    fewer = me.estimate_peak_memory(TINY, {**HP, "lora_target_modules": ["q_proj", "v_proj"]})
+    fewer = me.estimate_peak_memory(TINY, replace(HP, lora_target_modules=("q_proj", "v_proj")))
     assert fewer.lora_training_state < everything.lora_training_state
 
 
@@ -85,7 +93,7 @@ def test_the_device_limit() -> None:
 def test_measured_peak_on_cpu_is_the_process_max_rss() -> None:
     import resource
 
-    assert me.measured_peak_bytes("cpu") >= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > 0
+    assert measured_peak_bytes("cpu") >= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > 0
 
 
 def test_create_job_refuses_a_job_that_would_not_fit(tmp_path: Path, tiny_models_dir: Path,

@@ -206,7 +206,7 @@ def test_scanning_is_deterministic_across_processes_and_never_imports_torch(tmp_
     assert here == [[(f.start, f.end, f.type) for f in found] for found in pii.scan_many(texts)]
     script = (
         "import json, sys\n"
-        "from tunevault.server.privacy import pii\n"
+        "from tunevault.server.privacy.pii import scrubber as pii\n"
         "texts = json.load(sys.stdin)\n"
         "out = [[(f.start, f.end, f.type) for f in found] for found in pii.scan_many(texts)]\n"
         "print(json.dumps({'findings': out, 'torch': 'torch' in sys.modules}))\n"
@@ -238,7 +238,7 @@ def test_redact_keeps_the_format_of_csv_and_prompt_completion_datasets(tmp_path)
 
     from tunevault.server.contract.events import EventWriter
     from tunevault.server.contract.formats import read_dataset
-    from tunevault.server.contract.job_spec import JobSpec
+    from tunevault.server.contract.job_spec import JobSpec, resolve_for_files
     from tunevault.server.training.pii_step import apply_pii
 
     csv_file = tmp_path / "train.csv"
@@ -247,7 +247,7 @@ def test_redact_keeps_the_format_of_csv_and_prompt_completion_datasets(tmp_path)
     jsonl.write_text(_json.dumps({"prompt": "Call 617-555-0142 about", "completion": " the scan"}) + "\n")
     spec = JobSpec(job_id="j", base_model_dir=_Path("unused"), train_file=csv_file, validation_file=jsonl,
                    output_dir=tmp_path / "job" / "artifacts", checkpoint_dir=tmp_path / "job" / "checkpoints",
-                   hyperparameters={}, pii="redact")
+                   hyperparameters=resolve_for_files({}, csv_file, jsonl), pii="redact")
     scrubbed = apply_pii(spec, EventWriter(_io.StringIO()))
 
     train = read_dataset(scrubbed.train_file)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tunevault.server.training.report import write_report
 
 from tests.conftest import EXAMPLES, RunningServer, start_server, wait_for_state
+from tunevault.server.training.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = 40

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunevault.server.contract.formats import read_chat_jsonl
 from tunevault.server.training import quantized_model
 from tunevault.server.training.batching import collate
-from tunevault.server.contract.chat_data import read_chat_jsonl
 from tunevault.server.training.evaluation import AccuracyExample, eval_loss, exact_match_accuracy
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.tokenization import prompt_ids, tokenize_row

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEFAULT_MODEL
+from tunevault.server.contract.chat_data import DatasetError
+from tunevault.server.contract.formats import read_chat_jsonl, split_validation
 from tunevault.server.training.batching import BatchStream, collate, epoch_plan
-from tunevault.server.contract.chat_data import DatasetError, read_chat_jsonl, split_validation
 from tunevault.server.training.tokenization import IGNORE_INDEX, prompt_ids, tokenize_row, truncate_row
 
 

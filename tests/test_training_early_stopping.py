@@ -48,9 +48,9 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path: Path, tiny_mo
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from tunevault.server.contract.formats import read_chat_jsonl
     from tunevault.server.training import quantized_model
     from tunevault.server.training.batching import eval_batches
-    from tunevault.server.contract.chat_data import read_chat_jsonl
     from tunevault.server.training.evaluation import eval_loss
     from tunevault.server.training.tokenization import tokenize_row
 

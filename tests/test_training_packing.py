@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunevault.server.contract.formats import read_chat_jsonl
 from tunevault.server.training import quantized_model
 from tunevault.server.training.batching import (
     BatchStream,
@@ -20,7 +21,6 @@ from tunevault.server.training.batching import (
     pack,
     packed_micro_batches,
 )
-from tunevault.server.contract.chat_data import read_chat_jsonl
 from tunevault.server.training.objective import model_inputs, summed_token_loss
 from tunevault.server.training.tokenization import IGNORE_INDEX, tokenize_row
 

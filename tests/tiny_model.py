@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -60,18 +60,38 @@ def triage_subset(target: Path, rows: int, start: int = 0) -> Path:
 
 
 def write_job(jobs_dir: Path, job_id: str, base_model_dir: Path, train_file: Path,
-              hyperparameters: dict[str, Any], validation_file: Path | None = None) -> Path:
-    """JOBS_DIR/JOB_ID/spec.json as the scheduler writes it; returns the job directory."""
+              hyperparameters: dict[str, Any], validation_file: Path | None = None, *, resolve: bool = True) -> Path:
+    """JOBS_DIR/JOB_ID/spec.json as the scheduler writes it (hyperparameters resolved); returns the job directory.
+
+    resolve=False writes the hyperparameters as given, for tests of a worker refusing a bad spec.
+    """
+    from tunevault.server.contract import hyperparameters as hp
+    from tunevault.server.contract.job_spec import FILE_NAME
+
     job_dir = jobs_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
+    if resolve:
+        hyperparameters = hp.resolve(hp.validate(hyperparameters), train_rows=_rows(train_file),
+                                     has_validation_file=validation_file is not None).to_dict()
     spec = {
         "job_id": job_id, "base_model_dir": str(base_model_dir), "train_file": str(train_file),
         "validation_file": str(validation_file) if validation_file else None,
         "output_dir": str(job_dir / "artifacts"), "checkpoint_dir": str(job_dir / "checkpoints"),
         "hyperparameters": hyperparameters,
     }
-    (job_dir / "spec.json").write_text(json.dumps(spec))
+    (job_dir / FILE_NAME).write_text(json.dumps(spec))
     return job_dir
+
+
+def _rows(train_file: Path) -> int:
+    """Rows as the server counts them at upload; for a file the worker is meant to refuse, its non-blank lines."""
+    from tunevault.server.contract.chat_data import DatasetError
+    from tunevault.server.contract.formats import read_dataset
+
+    try:
+        return len(read_dataset(train_file).rows)
+    except DatasetError:
+        return max(1, sum(1 for line in train_file.read_bytes().splitlines() if line.strip()))
 
 
 def start_worker(jobs_dir: Path, job_id: str) -> subprocess.Popen:

@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from tunevault.client.client import DEFAULT_ADDRESS, Client
 from tunevault.client.watch import watch_job
 from tunevault.v1 import tunevault_pb2 as pb
+
 DATA_FORMATS = ("chat", "instruction", "completion", "text")
 
 

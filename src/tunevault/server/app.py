@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from tunevault.server import logs
 from tunevault.server.api.auth import AuthInterceptor, TokenBuckets, bootstrap_admin_token
 from tunevault.server.api.errors import ErrorInterceptor
+from tunevault.server.api.metrics_interceptor import MetricsInterceptor
 from tunevault.server.api.servicer import TuneVaultServicer, add_to_server
 from tunevault.server.config import ServerConfig
 from tunevault.server.inference.client import InferenceProcess
-from tunevault.server.api.metrics_interceptor import MetricsInterceptor
 from tunevault.server.metrics import Metrics, serve_metrics
 from tunevault.server.privacy.sealing.keys import MasterKeyError, configure_server
 from tunevault.server.scheduler.scheduler import Scheduler

@@ -11,13 +11,14 @@ import shutil
 import time
 from pathlib import Path
 
-from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.api import convert, pagination
 from tunevault.server.api import validation as check
 from tunevault.server.api.auth import check_tenant_name, current_principal, hash_token, new_secret
 from tunevault.server.api.uploads import receive_dataset
 from tunevault.server.artifacts import ARCHIVE_NAME, archive_size, read_chunks, sha256_of
 from tunevault.server.config import ServerConfig
+from tunevault.server.contract import hyperparameters as hp
+from tunevault.server.contract import memory_estimate
 from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tunevault.server.inference.client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
@@ -25,7 +26,6 @@ from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.privacy.sealing.keys import default_store
 from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
 from tunevault.server.store import DatasetRecord, JobRecord, JobState, Store
-from tunevault.server.contract import memory_estimate
 from tunevault.v1 import tunevault_pb2 as pb
 from tunevault.v1 import tunevault_pb2_grpc as pb_grpc
 
@@ -118,8 +118,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         model = find_model(self.config.resolved_models_dir, request.base_model)
         requested = convert.hyperparameters_to_dict(request.hyperparameters)
         try:
-            validated = hp.validate(requested)
-            hp.resolve(validated, train_rows=dataset.row_count, has_validation_file=bool(request.validation_dataset_id))
+            resolved = hp.resolve(hp.validate(requested), train_rows=dataset.row_count,
+                                  has_validation_file=bool(request.validation_dataset_id))
         except hp.HyperparameterError as error:
             raise InvalidArgument(f"hyperparameters.{error.field}", error.reason) from error
         try:
@@ -127,7 +127,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             requested, secrets = canary_secrets.withhold(requested)
         except ValueError as error:
             raise InvalidArgument(f"hyperparameters.{canary_secrets.FIELD}", str(error)) from error
-        estimate = self._memory_preflight(model.path, validated, dataset, bool(request.validation_dataset_id))
+        estimate = self._memory_preflight(model.path, resolved, dataset)
         _, pending = self.store.tenant_usage(dataset.tenant)
         if pending >= self.config.max_pending_jobs_per_tenant:
             raise ResourceExhausted(f"too many unfinished jobs: max_pending_jobs_per_tenant={self.config.max_pending_jobs_per_tenant}")
@@ -151,20 +151,14 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             self.scheduler.wake()
         return pb.CreateJobResponse(job=self._job_message(job))
 
-    def _memory_preflight(self, model_dir: Path, validated: hp.Hyperparameters, dataset: DatasetRecord,
-                          has_validation_file: bool) -> memory_estimate.MemoryEstimate | None:
+    def _memory_preflight(self, model_dir: Path, resolved: hp.ResolvedHyperparameters,
+                          dataset: DatasetRecord) -> memory_estimate.MemoryEstimate | None:
         """Refuses a job whose estimated peak memory exceeds the device's, before anything is stored."""
         limit = self.memory_limit
         if limit.bytes is None:
             return None
-        try:
-            estimate = memory_estimate.job_estimate(model_dir, validated, self.config.data_dir / dataset.path,
-                                                    dataset.row_count, has_validation_file, limit.device)
-        except (KeyError, TypeError, ValueError, OSError) as error:
-            # A config.json the estimate cannot read is no reason to refuse the job; the worker will tell.
-            log.warning("no memory estimate for %s: %r", model_dir.name, error)
-            return None
-        if estimate.exceeds(limit.bytes):
+        estimate = memory_estimate.preflight(model_dir, resolved, self.config.data_dir / dataset.path, limit.device)
+        if estimate is not None and estimate.exceeds(limit.bytes):
             raise FailedPrecondition(
                 f"estimated peak memory {memory_estimate.gib(estimate.total)} exceeds the device's "
                 f"{memory_estimate.gib(limit.bytes)} (batch_size {estimate.batch_size} x max_seq_len "

@@ -14,10 +14,10 @@ from pathlib import Path
 from tunevault.server.config import ServerConfig
 from tunevault.server.datasets import check_dataset
 from tunevault.server.errors import InvalidArgument, ResourceExhausted
+from tunevault.server.ids import new_id
 from tunevault.server.privacy.sealing.encryption import SealedWriter
 from tunevault.server.privacy.sealing.keys import DataKey, default_store
 from tunevault.server.store import DatasetRecord, Store
-from tunevault.server.ids import new_id
 from tunevault.v1 import tunevault_pb2 as pb
 
 MAX_NAME_CHARS = 200

@@ -1,4 +1,4 @@
-"""Chat rows: checking one OpenAI-format conversation, reading chat JSONL, and the validation split.
+"""Chat rows: checking one OpenAI-format conversation.
 
 One row is {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}. An
 assistant message may carry "weight": 0 to be shown to the model but not trained on (as in the
@@ -8,16 +8,12 @@ the person who reads the error has the file open in an editor.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight"}
 MAX_LINE_BYTES = 1 << 20  # a 1 MiB row is a mistake, not a training example
 
-Row = TypeVar("Row")
 
 
 class DatasetError(ValueError):
@@ -106,22 +102,3 @@ def parse_chat_record(record: dict[str, object], line_number: int) -> ChatRow:
     messages = tuple(_parse_message(i, m) for i, m in enumerate(raw_messages))
     _check_turns(messages)
     return ChatRow(messages=messages, line_number=line_number)
-
-
-def read_chat_jsonl(path: Path) -> list[ChatRow]:
-    """Read every row of a chat dataset; raise DatasetError naming the first bad line."""
-    # Imported here because formats builds on this module: the file reading lives there once.
-    from tunevault.server.contract.formats import read_dataset
-
-    return read_dataset(path, "chat").rows  # type: ignore[return-value]  # chat rows only, by the override
-
-
-def split_validation(rows: list[Row], validation_rows: int, seed: int) -> tuple[list[Row], list[Row]]:
-    """Hold out `validation_rows` rows chosen by `seed`; both parts keep file order."""
-    if validation_rows <= 0:
-        raise DatasetError(f"need at least 2 rows to hold out a validation split, got {len(rows)}")
-    # A private Random: the split must not depend on (or disturb) any global RNG state.
-    chosen = set(random.Random(f"validation-split/{seed}").sample(range(len(rows)), validation_rows))
-    train = [row for i, row in enumerate(rows) if i not in chosen]
-    validation = [row for i, row in enumerate(rows) if i in chosen]
-    return train, validation

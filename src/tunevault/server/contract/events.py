@@ -1,9 +1,9 @@
-"""The worker's event stream: one JSON object per line on stdout, flushed, for the scheduler to read.
+"""The job processes' event stream: one JSON object per line on stdout, written (EventWriter) and read (parse_line) here only.
 
 Each event is {"type", "message", "metrics": {name: float}} plus optional extra keys (an error
-carries "code"). Human-readable logs go to stderr, never here. When the reader is gone (the
-scheduler died and the pipe broke), writing raises ParentGone so the worker exits promptly
-instead of training for nobody.
+carries "code", "data.prepared" the resolved "hyperparameters"). Human-readable logs go to
+stderr, never here. When the reader is gone (the scheduler died and the pipe broke), writing
+raises ParentGone so the worker exits promptly instead of training for nobody.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 
@@ -48,3 +49,26 @@ class EventWriter:
                 os.close(devnull)
             raise ParentGone() from None
         return event
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event line as the scheduler reads it: numeric metrics only, extra keys kept aside."""
+
+    type: str
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_line(line: str) -> Event | None:
+    """The event on one line, or None for a line that is not one (the caller logs and skips it)."""
+    try:
+        raw = json.loads(line)
+        event_type, message = str(raw["type"]), str(raw.get("message", ""))
+        metrics = dict(raw.get("metrics") or {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    figures = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    extra = {k: v for k, v in raw.items() if k not in ("type", "message", "metrics")}
+    return Event(event_type, message, figures, extra)

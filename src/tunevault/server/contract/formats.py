@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-from tunevault.server.privacy.sealing.encryption import is_decrypting, open_plain
 from tunevault.server.contract.chat_data import (
     MAX_LINE_BYTES,
     ChatRow,
@@ -35,6 +35,9 @@ from tunevault.server.contract.chat_data import (
     Message,
     parse_chat_record,
 )
+from tunevault.server.privacy.sealing.encryption import is_decrypting, open_plain
+
+Row = TypeVar("Row")
 
 PARQUET_MAGIC = b"PAR1"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -452,3 +455,19 @@ def read_dataset(path: Path, data_format: str | None = None) -> Dataset:
     if not rows or parser.data_format is None:
         raise DatasetError(f"{path.name} has no rows")
     return Dataset(rows, parser.data_format, source.kind)
+
+
+def read_chat_jsonl(path: Path) -> list[ChatRow]:
+    """Read every row of a chat dataset; raise DatasetError naming the first bad line."""
+    return read_dataset(path, "chat").rows  # type: ignore[return-value]  # chat rows only, by the override
+
+
+def split_validation(rows: list[Row], validation_rows: int, seed: int) -> tuple[list[Row], list[Row]]:
+    """Hold out `validation_rows` rows chosen by `seed`; both parts keep file order."""
+    if validation_rows <= 0:
+        raise DatasetError(f"need at least 2 rows to hold out a validation split, got {len(rows)}")
+    # A private Random: the split must not depend on (or disturb) any global RNG state.
+    chosen = set(random.Random(f"validation-split/{seed}").sample(range(len(rows)), validation_rows))
+    train = [row for i, row in enumerate(rows) if i not in chosen]
+    validation = [row for i, row in enumerate(rows) if i in chosen]
+    return train, validation

@@ -1,8 +1,8 @@
 """Peak-memory preflight: a job's expected peak memory from the base model's config.json and the resolved hyperparameters.
 
 Pure Python on purpose: the gRPC server checks an estimate against the device before it queues
-a job, and the server never imports torch. Only measured_peak_bytes(), which runs in the worker,
-imports torch (lazily).
+a job, and the server never imports torch. The measured peak it is compared with comes from the
+worker (training/runtime.py).
 
 The model, per part (CPU figures calibrated on SmolLM2-135M, bitsandbytes 0.50.2, transformers 5.23):
 - 4-bit weights: 0.5 byte per quantized parameter plus the double-quantized block constants.
@@ -28,9 +28,9 @@ real), which makes the preflight figure 7.65 GB. The CUDA constants are not yet 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import resource
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -38,7 +38,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tunevault.server.contract.hyperparameters import ResolvedHyperparameters
 from tunevault.server.privacy.sealing.encryption import open_plain
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 MIB = 1024**2
@@ -148,7 +151,7 @@ def _lora_floats_per_token(targets: list[tuple[int, int]], r: int, dropout: floa
 
 def estimate_peak_memory(
     config: dict[str, Any],
-    hyperparameters: dict[str, Any],
+    hyperparameters: ResolvedHyperparameters,
     *,
     device: str = "cpu",
     label_tokens_per_row: int | None = None,
@@ -159,11 +162,13 @@ def estimate_peak_memory(
     A micro-batch is taken at its worst: batch_size rows (or packs) of max_seq_len tokens. Without
     `label_tokens_per_row`, every position is assumed labelled (logits for all of them).
     """
+    if hyperparameters.max_seq_len is None:
+        raise ValueError("the estimate needs max_seq_len (ResolvedHyperparameters.with_data)")
     shape = ModelShape.from_config(config)
-    batch, seq = int(hyperparameters["batch_size"]), int(hyperparameters["max_seq_len"])
-    r, dropout = int(hyperparameters["lora_r"]), float(hyperparameters.get("lora_dropout") or 0.0)
+    batch, seq = hyperparameters.batch_size, hyperparameters.max_seq_len
+    r, dropout = hyperparameters.lora_r, hyperparameters.lora_dropout
     # None ("auto") is estimated without: the worker turns checkpointing on only when that does not fit.
-    checkpointing = bool(hyperparameters.get("gradient_checkpointing"))
+    checkpointing = bool(hyperparameters.gradient_checkpointing)
     width = ACTIVATION_BYTES[device]
     tokens = batch * seq
     labelled = batch * min(seq, label_tokens_per_row) if label_tokens_per_row is not None else tokens
@@ -171,7 +176,7 @@ def estimate_peak_memory(
     linears = shape.linear_shapes().values()
     quantized = shape.layers * sum(i * o for i, o in linears)
     full = shape.vocab * shape.hidden * (1 if shape.tie_embeddings else 2) + (2 * shape.layers + 1) * shape.hidden
-    targets = _targets(hyperparameters.get("lora_target_modules"), shape)
+    targets = _targets(hyperparameters.lora_target_modules, shape)
     lora_params = shape.layers * r * sum(i + o for i, o in targets)
 
     lora_floats, mask_bytes = _lora_floats_per_token(targets, r, dropout)
@@ -199,18 +204,21 @@ def estimate_peak_memory(
                           total=sum(parts.values()), **parts)
 
 
-def job_estimate(model_dir: Path, validated: Any, train_file: Path, train_rows: int, has_validation_file: bool,
-                 device: str) -> MemoryEstimate:
-    """The estimate for a job as the API and the scheduler know it: an "auto" max_seq_len is resolved
-    from the training file's longest row as the worker will (after tokenizing) resolve it."""
-    from tunevault.server.contract import hyperparameters as hp
+def preflight(model_dir: Path, resolved: ResolvedHyperparameters, train_file: Path, device: str) -> MemoryEstimate | None:
+    """A job's estimate before its rows are tokenized, as the API and the scheduler both need it.
 
-    tokens = dataset_tokens(train_file)
-    resolved = hp.resolve(validated, train_rows=train_rows, has_validation_file=has_validation_file,
-                          longest_row_tokens=tokens.longest_row)
-    config = json.loads((model_dir / "config.json").read_text())
-    return estimate_peak_memory(config, resolved, device=device, label_tokens_per_row=tokens.longest_answer,
-                                dataset_tokens=tokens.total)
+    An "auto" max_seq_len is taken from the training file's longest row as the worker will (after
+    tokenizing) resolve it. None, with a warning, when the model's config.json or the file cannot
+    be read for it: that is no reason to refuse a job; the worker will tell.
+    """
+    try:
+        tokens = dataset_tokens(train_file)
+        config = json.loads((model_dir / "config.json").read_text())
+        return estimate_peak_memory(config, resolved.with_data(tokens.longest_row), device=device,
+                                    label_tokens_per_row=tokens.longest_answer, dataset_tokens=tokens.total)
+    except (KeyError, TypeError, ValueError, OSError) as error:
+        log.warning("no memory estimate for %s: %r", model_dir.name, error)
+        return None
 
 
 # What the server knows of a dataset before it is tokenized -------------------------------------
@@ -310,18 +318,3 @@ def device_limit(configured: int | None, device: str | None = None, concurrent_j
 
 def gib(value: int) -> str:
     return f"{value / GIB:.1f} GiB"
-
-
-# The measured peak, in the worker ------------------------------------------------------------------
-
-def measured_peak_bytes(device: Any) -> int:
-    """The worker's peak so far: torch.cuda.max_memory_allocated on CUDA, the process's max RSS on CPU.
-
-    On CUDA this counts tensors only, not the CUDA context or the allocator's cache, so it sits
-    below the estimate's total by about the runtime part. `device` is a torch.device or its type name.
-    """
-    if getattr(device, "type", device) == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from tunevault.server.errors import Unavailable
+from tunevault.server.inference.protocol import Answer, Completion, Request
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    tokens: int
 
 
 class InferenceProcess:
@@ -51,28 +45,25 @@ class InferenceProcess:
 
     def generate(self, *, base_model_dir: Path, adapter_dir: Path | None, prompt: str, system: str | None, max_tokens: int,
                  temperature: float, top_p: float, stop: list[str], history: list[dict[str, str]] | None = None) -> Completion:
-        request = {
-            "base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
-            "prompt": prompt, "system": system, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
-            "history": history or [],
-        }
+        request = Request(id="", base_model_dir=base_model_dir, adapter_dir=adapter_dir, prompt=prompt, system=system,
+                          max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, history=history or [])
         with self._lock:
             process = self._ensure_started()
-            request["id"] = str(next(self._ids))
+            request = replace(request, id=str(next(self._ids)))
             try:
                 assert process.stdin is not None and process.stdout is not None
-                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.write(request.to_line())
                 process.stdin.flush()
                 line = process.stdout.readline()
             except (BrokenPipeError, OSError) as error:
                 raise Unavailable(f"the inference process stopped ({error}); retry") from error
             if not line:
                 raise Unavailable("the inference process exited; see inference.log; retry")
-        answer = json.loads(line)
-        if "error" in answer:
+        answer = Answer.parse_line(line)
+        if answer.error is not None:
             # Requests are validated before they get here, so a failure there is a fault.
-            raise RuntimeError(f"inference failed: {answer['error']}")
-        return Completion(text=answer["text"], tokens=int(answer.get("tokens", 0)))
+            raise RuntimeError(f"inference failed: {answer.error}")
+        return Completion(text=answer.text, tokens=answer.tokens)
 
     def close(self) -> None:
         with self._lock:

@@ -2,11 +2,8 @@
 
     python -m tunevault.server.inference.process
 
-Reads one JSON request per line on stdin:
-    {"id": str, "base_model_dir": str, "adapter_dir": str | null, "prompt": str, "system": str | null,
-     "max_tokens": int, "temperature": float (0 = greedy), "top_p": float, "stop": [str], "seed": int | null}
-and writes one JSON line per request on stdout: {"id", "text", "tokens"} or {"id", "error"}.
-The base model is loaded in 4-bit NF4 exactly as training loads it, so an adapter meets the base
+Reads one request per line on stdin and writes one answer per request on stdout, in the JSON
+lines of inference/protocol.py. The base model is loaded in 4-bit NF4 exactly as training loads it, so an adapter meets the base
 it was trained on; adapters are cached by directory. The gRPC server starts this as a child and
 never imports torch itself. Logs go to stderr.
 
@@ -24,93 +21,17 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunevault.server.inference import protocol
+from tunevault.server.inference.protocol import Completion, Request, RequestError
 from tunevault.server.privacy import egress_guard
 from tunevault.server.training.runtime import force_offline
 
 log = logging.getLogger("tunevault.inference")
 
-MAX_TOKENS_LIMIT = 4096
-MAX_STOP_STRINGS = 16
 ADAPTER_CACHE_SIZE = 8  # adapters kept loaded; each is a few MB for a small model
-
-
-class RequestError(ValueError):
-    """The request itself is wrong; the answer says why and the process carries on."""
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str
-    base_model_dir: Path
-    adapter_dir: Path | None
-    prompt: str
-    system: str | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    history: list[dict[str, str]] = field(default_factory=list)  # earlier turns, user first, alternating
-
-    @classmethod
-    def parse(cls, raw: Any) -> "Request":
-        if not isinstance(raw, dict):
-            raise RequestError("a request must be a JSON object")
-
-        def number(key: str, default: float, low: float, high: float, integer: bool = False) -> Any:
-            value = raw.get(key, default)
-            if value is None:
-                value = default
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-                raise RequestError(f"{key} must be a number in [{low}, {high}]")
-            if integer and value != int(value):
-                raise RequestError(f"{key} must be a whole number")
-            return int(value) if integer else float(value)
-
-        base = raw.get("base_model_dir")
-        if not isinstance(base, str) or not (Path(base) / "config.json").is_file():
-            raise RequestError(f"base_model_dir {base!r} is not a model directory")
-        adapter = raw.get("adapter_dir")
-        if adapter is not None and (not isinstance(adapter, str) or not (Path(adapter) / "adapter_config.json").is_file()):
-            raise RequestError(f"adapter_dir {adapter!r} is not a PEFT adapter directory")
-        prompt, system = raw.get("prompt"), raw.get("system")
-        if not isinstance(prompt, str):
-            raise RequestError("prompt must be a string")
-        if system is not None and not isinstance(system, str):
-            raise RequestError("system must be a string or null")
-        stop = raw.get("stop") or []
-        if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
-            raise RequestError(f"stop must be a list of at most {MAX_STOP_STRINGS} non-empty strings")
-        seed = raw.get("seed")
-        history = raw.get("history") or []
-        if not isinstance(history, list) or not all(
-            isinstance(t, dict) and t.get("role") == ("user", "assistant")[i % 2] and isinstance(t.get("content"), str)
-            for i, t in enumerate(history)
-        ) or len(history) % 2:
-            raise RequestError("history must alternate user and assistant turns, ending with an assistant turn")
-        return cls(
-            id=str(raw.get("id", "")),
-            base_model_dir=Path(base),
-            adapter_dir=Path(adapter) if adapter else None,
-            prompt=prompt,
-            system=system or None,
-            max_tokens=number("max_tokens", 256, 1, MAX_TOKENS_LIMIT, integer=True),
-            temperature=number("temperature", 0.0, 0.0, 10.0),
-            top_p=number("top_p", 1.0, 0.0, 1.0) or 1.0,
-            stop=stop,
-            seed=number("seed", 0, 0, 2**32 - 1, integer=True) if seed is not None else None,
-            history=[{"role": t["role"], "content": t["content"]} for t in history],
-        )
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    tokens: int
 
 
 class Engine:
@@ -266,27 +187,24 @@ def serve(stdin: Any, stdout: Any) -> int:
     for line in stdin:
         if not line.strip():
             continue
-        request_id: Any = None
+        request_id: str | None = None
         try:
-            raw = json.loads(line)
-            request_id = raw.get("id") if isinstance(raw, dict) else None
-            request = Request.parse(raw)
+            request_id = protocol.request_id(line)
+            request = protocol.Request.parse_line(line)
             completion = engine.generate(request)
             # Checked after the work: a library may have swallowed the EgressBlocked it met.
             egress_guard.raise_if_blocked()
-            answer: dict[str, Any] = {"id": request.id, "text": completion.text, "tokens": completion.tokens}
-        except json.JSONDecodeError as exc:
-            answer = {"id": None, "error": f"request is not valid JSON: {exc.msg}"}
-        except RequestError as exc:
-            answer = {"id": request_id, "error": str(exc)}
+            answer = protocol.Answer(request.id, text=completion.text, tokens=completion.tokens)
+        except protocol.RequestError as exc:
+            answer = protocol.Answer(request_id, error=str(exc))
         except egress_guard.EgressBlocked as exc:
             log.error("request %s refused: %s", request_id, exc)
-            answer = {"id": request_id, "error": str(exc)}
+            answer = protocol.Answer(request_id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad request must not take the process down
             log.exception("request %s failed", request_id)
-            answer = {"id": request_id, "error": f"{type(exc).__name__}: {exc}"}
+            answer = protocol.Answer(request_id, error=f"{type(exc).__name__}: {exc}")
         try:
-            stdout.write(json.dumps(answer) + "\n")
+            stdout.write(answer.to_line())
             stdout.flush()
         except BrokenPipeError:
             return 0  # the server is gone; so are we

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import random
-import string
 import statistics
+import string
 from dataclasses import dataclass
 
 SECRET_DIGITS = 9

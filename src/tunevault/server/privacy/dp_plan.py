@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunevault.server.contract import hyperparameters as hp
+
 # Noise on each step's mean gradient, per coordinate and in units of the clipping norm, is
 # noise_multiplier / expected_batch. Above this, DP fine-tuning learns little in the steps a job
 # has: the DP LLM fine-tuning results that match non-private ones run at about 0.001-0.003
@@ -202,16 +204,20 @@ def plan_for_job(requested: dict[str, Any] | None, train_rows: int, *, has_valid
     Uses the same resolution of "auto" values as the worker, so the plan matches what it will
     train, up to rows the worker drops (too long, or with no answer token).
     """
-    from tunevault.server.contract import hyperparameters as hp
-
     validated = hp.validate(requested)
     if not validated.dp:
         return None
     resolved = hp.resolve(validated, train_rows, has_validation_file=has_validation_file)
-    fraction = resolved["validation_fraction"]
+    fraction = resolved.validation_fraction
     rows = train_rows if has_validation_file else max(1, train_rows - hp.validation_split_size(train_rows, fraction))
+    return plan_for(resolved, rows)
+
+
+def plan_for(resolved: hp.ResolvedHyperparameters, train_rows: int) -> DPPlan:
+    """The DP plan of a DP job's resolved settings over its training rows (after the validation split)."""
+    assert resolved.dp_delta is not None and resolved.dp_accountant is not None, "not a DP job"
     return dp_preflight(
-        rows, int(resolved["batch_size"]) * int(resolved["gradient_accumulation_steps"]), int(resolved["max_steps"]),
-        target_epsilon=resolved["dp_epsilon"], noise_multiplier=resolved["dp_noise_multiplier"],
-        delta=float(resolved["dp_delta"]), accountant=str(resolved["dp_accountant"]),
+        train_rows, resolved.batch_size * resolved.gradient_accumulation_steps, resolved.max_steps,
+        target_epsilon=resolved.dp_epsilon, noise_multiplier=resolved.dp_noise_multiplier,
+        delta=resolved.dp_delta, accountant=resolved.dp_accountant,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import stat
@@ -13,10 +12,11 @@ from typing import Any
 
 import psutil
 
-from tunevault.server.contract import hyperparameters as hp
 from tunevault.server import logs
 from tunevault.server.artifacts import ARCHIVE_NAME, pack_adapter, sha256_of
 from tunevault.server.config import ServerConfig
+from tunevault.server.contract import events, job_spec, memory_estimate
+from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
@@ -28,7 +28,6 @@ from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.scheduler.validation import JobValidations
 from tunevault.server.store import JobRecord, JobState, Store
 from tunevault.server.store.states import WORKER_STATES
-from tunevault.server.contract import memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -186,44 +185,34 @@ class Scheduler:
         threading.Thread(target=self._follow, args=(job, worker, slot), name=f"worker-{job.id}", daemon=True).start()
 
     def _write_spec(self, job: JobRecord) -> None:
+        """spec.json for the job's processes: written when it is validated, reused by its every attempt."""
         job_dir = self.config.job_dir(job.id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        if (job_dir / job_spec.FILE_NAME).is_file():
+            return
         train = self.store.get_dataset(job.dataset_id)
         validation = self.store.get_dataset(job.validation_dataset_id) if job.validation_dataset_id else None
         resolved = hp.resolve(hp.validate(job.hyperparameters), train_rows=train.row_count,
                               has_validation_file=validation is not None)
-        self.store.update_job(job.id, resolved_hyperparameters=resolved)
+        self.store.update_job(job.id, resolved_hyperparameters=resolved.to_dict())
         model_dir = find_model(self.config.resolved_models_dir, job.base_model).path
-        spec = {
-            "job_id": job.id,
-            "base_model_dir": str(model_dir),
-            "train_file": str(self.config.data_dir / train.path),
-            "validation_file": str(self.config.data_dir / validation.path) if validation else None,
-            "output_dir": str(job_dir / "artifacts"),
-            "checkpoint_dir": str(job_dir / "checkpoints"),
-            "hyperparameters": resolved,
-            "pii": job.pii_mode,
+        estimate = memory_estimate.preflight(model_dir, resolved, self.config.data_dir / train.path,
+                                             self.memory_limit.device)
+        job_spec.JobSpec(
+            job_id=job.id,
+            base_model_dir=model_dir,
+            train_file=self.config.data_dir / train.path,
+            validation_file=self.config.data_dir / validation.path if validation else None,
+            output_dir=job_dir / "artifacts",
+            checkpoint_dir=job_dir / "checkpoints",
+            hyperparameters=resolved,
+            pii=job.pii_mode,
             # The format the upload named or detected, so the worker reads the rows the same way.
-            "data_format": train.format if train.format != "chat_jsonl" else None,
-            "validation_data_format": (validation.format if validation.format != "chat_jsonl" else None)
+            data_format=train.format if train.format != "chat_jsonl" else None,
+            validation_data_format=(validation.format if validation.format != "chat_jsonl" else None)
             if validation else None,
-            "memory_estimate": self._memory_estimate(model_dir, job, train.path, train.row_count, validation is not None),
-        }
-        temporary = job_dir / "spec.json.tmp"
-        temporary.write_text(json.dumps(spec, indent=2))
-        temporary.replace(job_dir / "spec.json")
-
-    def _memory_estimate(self, model_dir: Path, job: JobRecord, train_path: str, train_rows: int,
-                         has_validation_file: bool) -> dict[str, Any] | None:
-        """The preflight estimate and the device's limit, for the worker to report beside its measured peak."""
-        try:
-            estimate = memory_estimate.job_estimate(model_dir, hp.validate(job.hyperparameters),
-                                                    self.config.data_dir / train_path, train_rows,
-                                                    has_validation_file, self.memory_limit.device)
-        except (KeyError, TypeError, ValueError, OSError) as error:
-            log.warning("job %s: no memory estimate: %r", job.id, error)
-            return None
-        return {**estimate.to_dict(), "device_memory_bytes": self.memory_limit.bytes}
+            # The estimate and the device's limit, for the worker to report beside its measured peak.
+            memory_estimate={**estimate.to_dict(), "device_memory_bytes": self.memory_limit.bytes} if estimate else None,
+        ).write(job_dir)
 
     # Following one worker ------------------------------------------------------------
 
@@ -254,29 +243,26 @@ class Scheduler:
             pass
 
     def _handle_line(self, job_id: str, slot: int, line: str, report: WorkerReport) -> None:
-        try:
-            event = json.loads(line)
-            event_type, message = str(event["type"]), str(event.get("message", ""))
-            raw = dict(event.get("metrics") or {})
-        except (ValueError, KeyError, TypeError):
-            log.warning("job %s: ignoring a malformed event line: %.200s", job_id, line)
+        event = events.parse_line(line)
+        if event is None:
+            log.warning("job %s: ignoring a malformed event line (%d characters)", job_id, len(line))
             return
-        figures = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if event_type == "error":
-            report.error_code, report.error_message = str(event.get("code") or "INTERNAL"), message
+        figures = event.metrics
+        if event.type == "error":
+            report.error_code, report.error_message = str(event.extra.get("code") or "INTERNAL"), event.message
             return  # becomes the job's error when the worker exits
-        if event_type == "result":
+        if event.type == "result":
             report.result = figures
-        if event_type == "data.prepared" and isinstance(event.get("hyperparameters"), dict):
+        if event.type == "data.prepared" and isinstance(event.extra.get("hyperparameters"), dict):
             # The worker's final word on "auto" values that need the data (max_seq_len, modules).
-            self.store.update_job(job_id, resolved_hyperparameters=event["hyperparameters"])
-        self.store.append_event(job_id, event_type, message, figures)
+            self.store.update_job(job_id, resolved_hyperparameters=event.extra["hyperparameters"])
+        self.store.append_event(job_id, event.type, event.message, figures)
         new_tokens = 0
         if "trained_tokens" in figures:
             new_tokens = max(0, int(figures["trained_tokens"]) - report.last_trained_tokens)
             report.last_trained_tokens = max(report.last_trained_tokens, int(figures["trained_tokens"]))
-        self.metrics.worker_event(slot, event_type, figures, new_tokens)
-        self._record_progress(job_id, event_type, figures)
+        self.metrics.worker_event(slot, event.type, figures, new_tokens)
+        self._record_progress(job_id, event.type, figures)
 
     def _record_progress(self, job_id: str, event_type: str, figures: dict[str, float]) -> None:
         # Any line from the worker is a heartbeat: the lease moves forward.

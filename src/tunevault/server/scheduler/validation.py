@@ -9,12 +9,12 @@ never holds up the check of a new one.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any, Callable
 
+from tunevault.server.contract import events
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.outcome import WorkerReport, failure
@@ -96,20 +96,16 @@ class JobValidations:
 
     def _handle_line(self, job_id: str, line: str, report: WorkerReport) -> dict[str, Any] | None:
         """Records one event; returns the "validated" event when this is it."""
-        try:
-            event = json.loads(line)
-            event_type, message = str(event["type"]), str(event.get("message", ""))
-            figures = {k: float(v) for k, v in dict(event.get("metrics") or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        except (ValueError, KeyError, TypeError):
-            log.warning("job %s: ignoring a malformed validation line: %.200s", job_id, line)
+        event = events.parse_line(line)
+        if event is None:
+            log.warning("job %s: ignoring a malformed validation line (%d characters)", job_id, len(line))
             return None
-        if event_type == "error":
-            report.error_code, report.error_message = str(event.get("code") or "INTERNAL"), message
+        if event.type == "error":
+            report.error_code, report.error_message = str(event.extra.get("code") or "INTERNAL"), event.message
             return None
-        if event_type == "validated":
-            return {"message": message, "metrics": figures}
-        self.store.append_event(job_id, event_type, message, figures)
+        if event.type == "validated":
+            return {"message": event.message, "metrics": event.metrics}
+        self.store.append_event(job_id, event.type, event.message, event.metrics)
         return None
 
     def _queue(self, job_id: str, validated: dict[str, Any]) -> None:

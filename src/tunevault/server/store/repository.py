@@ -13,9 +13,9 @@ from typing import Any
 import sqlite_utils
 
 from tunevault.server.errors import FailedPrecondition, NotFound
+from tunevault.server.ids import new_id
 from tunevault.server.store import audit
 from tunevault.server.store.db import connect
-from tunevault.server.ids import new_id
 from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord, TokenRecord
 from tunevault.server.store.states import ALLOWED_FROM, WORKER_STATES, JobState
 

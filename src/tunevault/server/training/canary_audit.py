@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
+from tunevault.server.contract.chat_data import ChatRow, Message
+from tunevault.server.contract.formats import TextRow, TrainingRow
+from tunevault.server.contract.hyperparameters import ResolvedHyperparameters
+from tunevault.server.contract.job_spec import JobSpec
 from tunevault.server.privacy.canaries import CANDIDATES, CHANCE_BITS, Canary, candidates_for, exposure, make_canaries
 from tunevault.server.training import pii_leak_probe
-from tunevault.server.contract.chat_data import ChatRow, Message
 from tunevault.server.training.evaluation import row_losses
-from tunevault.server.contract.formats import TextRow, TrainingRow
 from tunevault.server.training.job_data import JobData
-from tunevault.server.contract.job_spec import JobSpec
 from tunevault.server.training.stopping import StopFlag
 from tunevault.server.training.tokenization import (
     TokenizedRow,
@@ -133,20 +134,20 @@ def audit(model: Any, tokenizer: Any, canaries: list[Canary], data_format: str, 
 class MemorizationAudit:
     """A job's audit from start to end: canaries planted in setup, measured with the leak probe at the end."""
 
-    def __init__(self, canaries: list[Canary], data_format: str, resolved: dict[str, Any]) -> None:
+    def __init__(self, canaries: list[Canary], data_format: str, resolved: ResolvedHyperparameters) -> None:
+        assert resolved.max_seq_len is not None, "planted after the data fixed max_seq_len"
         self.canaries = canaries
         self.data_format = data_format
-        self.max_seq_len = int(resolved["max_seq_len"])
-        self.seed = int(resolved["seed"])
-        self.validation_fraction = float(resolved["validation_fraction"])
+        self.max_seq_len = resolved.max_seq_len
+        self.seed = resolved.seed
+        self.validation_fraction = resolved.validation_fraction
 
     @classmethod
-    def for_job(cls, resolved: dict[str, Any], data_format: str, secrets: tuple[str, ...]) -> "MemorizationAudit":
+    def for_job(cls, resolved: ResolvedHyperparameters, data_format: str, secrets: tuple[str, ...]) -> "MemorizationAudit":
         """`secrets`: the user's canary secrets themselves (the hyperparameters hold placeholders)."""
-        seed = int(resolved["seed"])
         # Seeded so a job is reproducible; a string seed keeps this draw apart from the data order's.
-        canaries = make_canaries(list(resolved.get("canary_repetitions") or []), list(secrets),
-                                 random.Random(f"canaries-{seed}"))
+        canaries = make_canaries(list(resolved.canary_repetitions), list(secrets),
+                                 random.Random(f"canaries-{resolved.seed}"))
         return cls(canaries, data_format, resolved)
 
     @property
@@ -179,8 +180,7 @@ class MemorizationAudit:
 def training_rows(spec: JobSpec, validation_fraction: float, seed: int) -> list[TrainingRow]:
     """The rows the job trained on as the user wrote them: before PII redaction, without the validation split."""
     from tunevault.server.contract import hyperparameters as hp
-    from tunevault.server.contract.chat_data import split_validation
-    from tunevault.server.contract.formats import read_dataset
+    from tunevault.server.contract.formats import read_dataset, split_validation
 
     rows = read_dataset(spec.unscrubbed_train_file or spec.train_file, None).rows
     if spec.validation_file is not None:

@@ -9,15 +9,15 @@ written into a temporary sibling and renamed, so a checkpoint directory is compl
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tunevault.server.training.atomic_dir import atomic_dir
 
 STEP_DIR_RE = re.compile(r"step-(\d+)")
 KEEP_CHECKPOINTS = 3  # older ones are pruned: resume only ever needs the latest
@@ -76,9 +76,8 @@ def save_checkpoint(checkpoint_dir: Path, model: Any, optimizer: Any, scheduler:
     target = step_dir(checkpoint_dir, state.step)
     if (target / "state.json").is_file():
         return target  # the same step of the same run: identical contents, nothing to do
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{state.step}-", dir=checkpoint_dir))
-    try:
+    # An existing target is an incomplete leftover without state.json: replaced.
+    with atomic_dir(target) as staging:
         model.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # PEFT's blank model card
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
@@ -89,13 +88,6 @@ def save_checkpoint(checkpoint_dir: Path, model: Any, optimizer: Any, scheduler:
         torch.save(rng, staging / "rng.pt")
         # state.json last: its presence is what marks a checkpoint complete.
         (staging / "state.json").write_text(json.dumps(state.to_json(), indent=1))
-        os.chmod(staging, 0o755)
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete leftover without state.json
-        os.rename(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     for _, old in list_checkpoints(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -106,21 +98,10 @@ BEST_DIR = "best"  # early stopping's best adapter so far, beside the step-N che
 
 def save_best_adapter(checkpoint_dir: Path, model: Any) -> Path:
     """Write the current adapter as checkpoint_dir/best, atomically (a crash leaves the previous best)."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".best-", dir=checkpoint_dir))
     target = checkpoint_dir / BEST_DIR
-    try:
+    with atomic_dir(target) as staging:
         model.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)
-        os.chmod(staging, 0o755)
-        previous = checkpoint_dir / ".best-previous"
-        if target.exists():
-            os.rename(target, previous)
-        os.rename(staging, target)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from tunevault.server.privacy.dp_plan import DPPlan, dp_preflight, make_accountant
+from tunevault.server.contract.hyperparameters import ResolvedHyperparameters
+from tunevault.server.privacy.dp_plan import DPPlan, make_accountant, plan_for
 from tunevault.server.training.batching import Batch
 from tunevault.server.training.objective import per_example_loss
 
@@ -97,7 +98,7 @@ class DPStep:
         }
 
 
-def plan_and_announce(resolved: dict[str, Any], train_rows: int, events: Any) -> DPPlan:
+def plan_and_announce(resolved: ResolvedHyperparameters, train_rows: int, events: Any) -> DPPlan:
     """The job's DP plan from its resolved hyperparameters, said as a "dp.plan" event and "dp.warning" events.
 
     The validation step and the worker both call this, so a job hears the same warnings before it
@@ -105,15 +106,10 @@ def plan_and_announce(resolved: dict[str, Any], train_rows: int, events: Any) ->
     """
     from tunevault.server.contract.hyperparameters import HyperparameterError
 
-    steps = int(resolved["max_steps"])
     try:
-        plan = dp_preflight(
-            train_rows, int(resolved["batch_size"]) * int(resolved["gradient_accumulation_steps"]), steps,
-            target_epsilon=resolved["dp_epsilon"], noise_multiplier=resolved["dp_noise_multiplier"],
-            delta=float(resolved["dp_delta"]), accountant=str(resolved["dp_accountant"]),
-        )
+        plan = plan_for(resolved, train_rows)
     except ValueError as exc:  # Opacus: no noise under its cap reaches so small an epsilon
-        raise HyperparameterError("dp_epsilon", f"cannot be reached in {steps} steps: {exc}") from None
+        raise HyperparameterError("dp_epsilon", f"cannot be reached in {resolved.max_steps} steps: {exc}") from None
     events.emit(
         "dp.plan",
         f"DP-SGD: noise multiplier {plan.noise_multiplier:.4g}, Poisson sample rate {plan.sample_rate:.4g} "

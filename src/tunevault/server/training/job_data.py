@@ -1,9 +1,8 @@
-"""A job's data, ready to train on: read and check the files, split off validation, resolve "auto" hyperparameters, tokenize.
+"""A job's data, ready to train on: read and check the files, split off validation, tokenize, fix max_seq_len.
 
-Files come in any supported format (formats.py), detected unless the job names one.
-
-Hyperparameters are resolved here because "auto" choices depend on the data: the validation
-split and the step count on the row count, max_seq_len on the longest tokenized row.
+Files come in any supported format (contract/formats.py), detected unless the job names one.
+The job's hyperparameters arrive resolved; an "auto" max_seq_len is the one choice that waits
+for the data: the longest tokenized row.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tunevault.server.contract import hyperparameters as hp
-from tunevault.server.contract.chat_data import DatasetError, split_validation
+from tunevault.server.contract.chat_data import DatasetError
+from tunevault.server.contract.formats import TrainingRow, read_dataset, split_validation
 from tunevault.server.training.evaluation import AccuracyExample
-from tunevault.server.contract.formats import TrainingRow, read_dataset
 from tunevault.server.training.tokenization import (
     IGNORE_INDEX,
     TokenizedRow,
@@ -30,7 +29,7 @@ class JobData:
     train: list[TokenizedRow]
     validation: list[TokenizedRow]
     accuracy_examples: list[AccuracyExample]
-    hyperparameters: dict[str, Any]  # fully resolved
+    hyperparameters: hp.ResolvedHyperparameters  # max_seq_len filled from the data
     dropped_train_rows: int  # rows whose every answer token fell past max_seq_len
     truncated_rows: int
     data_format: str = "chat"  # of the training file: chat, instruction, completion or text
@@ -57,6 +56,11 @@ class JobData:
         return found
 
     @property
+    def max_seq_len(self) -> int:
+        assert self.hyperparameters.max_seq_len is not None  # prepare_job_data fills it
+        return self.hyperparameters.max_seq_len
+
+    @property
     def train_tokens(self) -> int:
         return sum(len(r.input_ids) for r in self.train)
 
@@ -72,7 +76,7 @@ class JobData:
             "duplicate_rows": self.duplicate_train_rows,
             "validation_rows_in_train": self.overlap_rows,
             "rows_learning_to_stop": self.rows_learning_to_stop,
-            "max_seq_len": int(self.hyperparameters["max_seq_len"]),
+            "max_seq_len": self.max_seq_len,
         }
 
 
@@ -97,7 +101,7 @@ def prepare_job_data(
     tokenizer: Any,
     train_file: Path,
     validation_file: Path | None,
-    requested: hp.Hyperparameters,
+    resolved: hp.ResolvedHyperparameters,
     data_format: str | None = None,
     validation_data_format: str | None = None,
 ) -> JobData:
@@ -107,30 +111,19 @@ def prepare_job_data(
     """
     dataset = read_dataset(train_file, data_format)
     file_rows = dataset.rows
-    seed = requested.seed if requested.seed is not None else hp.AUTO_SEED
     if validation_file is not None:
         train_rows, validation_rows = file_rows, read_dataset(validation_file, validation_data_format).rows
     else:
-        fraction = (
-            requested.validation_fraction
-            if requested.validation_fraction is not None
-            else hp.auto_validation_fraction(len(file_rows))
-        )
-        train_rows, validation_rows = split_validation(
-            file_rows, hp.validation_split_size(len(file_rows), fraction), seed
-        )
+        held_out = hp.validation_split_size(len(file_rows), resolved.validation_fraction)
+        train_rows, validation_rows = split_validation(file_rows, held_out, resolved.seed)
 
     train_full = [tokenize_example(tokenizer, row) for row in train_rows]
     validation_full = [tokenize_example(tokenizer, row) for row in validation_rows]
-    resolved = hp.resolve(
-        requested,
-        train_rows=len(file_rows),
-        has_validation_file=validation_file is not None,
-        longest_row_tokens=max(len(r.input_ids) for r in train_full + validation_full),
-    )
-    max_seq_len = resolved["max_seq_len"]
+    resolved = resolved.with_data(max(len(r.input_ids) for r in train_full + validation_full))
+    assert resolved.max_seq_len is not None
+    max_seq_len = resolved.max_seq_len
     train_count = len(train_full)
-    if resolved["truncation"] == "drop":
+    if resolved.truncation == "drop":
         # Left out whole, so no row is learnt without its end; counted with the dropped rows. The
         # validation rows are only cut if dropping would leave none to evaluate on.
         train_full = [r for r in train_full if len(r.input_ids) <= max_seq_len]
@@ -148,7 +141,7 @@ def prepare_job_data(
     if not kept_validation:
         raise DatasetError(f"no validation row has an answer token within max_seq_len={max_seq_len}")
 
-    accuracy = _accuracy_examples(tokenizer, validation_rows, resolved["eval_accuracy_max_examples"], max_seq_len)
+    accuracy = _accuracy_examples(tokenizer, validation_rows, resolved.eval_accuracy_max_examples, max_seq_len)
     return JobData(
         train=kept_train,
         validation=kept_validation,

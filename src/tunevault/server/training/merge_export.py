@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from tunevault.server.training import quantized_model
+from tunevault.server.training.atomic_dir import atomic_dir
 
 MERGED_DTYPES = (torch.bfloat16, torch.float16)
 # Copied byte for byte rather than re-saved, so the merged model tokenizes and templates chats
@@ -153,13 +153,6 @@ def _copy_tokenizer(base_model_dir: Path, target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the directory is served to other processes
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # an earlier attempt's export; this run's replaces it
-    os.rename(staging, out_dir)
-
-
 def merged_dtype(base_model_dir: Path) -> torch.dtype:
     """The 16-bit type a merged model is saved in when the caller does not say.
 
@@ -191,15 +184,11 @@ def export_merged(base_model_dir: Path, adapter_dir: Path, out_dir: Path, dtype:
     with _PeakMemory(device) as memory:
         model = merge_adapter(dequantized_base(base_model_dir, dtype, device), adapter_dir)
         parameters = sum(p.numel() for p in model.parameters())
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
+        # An earlier attempt's export is replaced by this run's.
+        with atomic_dir(out_dir) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             _copy_tokenizer(base_model_dir, staging)
             written = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-            _replace_dir(staging, out_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         del model
     return MergeReport(
         parameters=parameters, bytes_written=written, seconds=time.perf_counter() - started,

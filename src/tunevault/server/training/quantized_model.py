@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tunevault.server.training.atomic_dir import atomic_dir
 
 log = logging.getLogger("tunevault.quantized_model")
 
@@ -169,27 +170,17 @@ def _read_cache(entry: Path, device: torch.device, compute_dtype: torch.dtype) -
 def _write_cache(model: Any, entry: Path) -> bool:
     """Save `model` as the cache entry atomically; False (and a log line) when it cannot be written."""
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        # A sibling temporary directory renamed into place: readers see a whole entry or none.
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    except OSError as error:
-        log.warning("cannot cache the quantized base in %s (%s); continuing without", entry.parent, error)
-        return False
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        manifest = {"files": _manifest(staging), "linear4bit_layers": count_4bit_layers(model)}
-        (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the store is shared with the inference process
-        os.rename(staging, entry)
+        # Readers (other workers, the inference process) see a whole entry or none.
+        with atomic_dir(entry, replace_existing=False) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            manifest = {"files": _manifest(staging), "linear4bit_layers": count_4bit_layers(model)}
+            (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         return True
     except Exception as error:  # noqa: BLE001 - the cache is an optimisation; no job fails for it
         # Most often another worker renamed its identical entry into place first.
         if not (entry / CACHE_MANIFEST).is_file():
             log.warning("cannot cache the quantized base in %s (%s); continuing without", entry, error)
         return False
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_with_cache(model_dir: Path | str, device: torch.device, compute_dtype: torch.dtype) -> QuantizedBase:

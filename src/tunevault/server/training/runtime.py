@@ -1,11 +1,13 @@
-"""Process set-up for training and inference: offline mode, thread count, seeding."""
+"""Process set-up for training and inference: offline mode, thread count, seeding, and the measured memory peak."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
+import resource
 from pathlib import Path
+from typing import Any
 
 THREADS_ENV = "TUNEVAULT_NUM_THREADS"
 OFFLINE_ENV = {
@@ -72,3 +74,17 @@ def quiet_progress_bars() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def measured_peak_bytes(device: Any) -> int:
+    """The process's peak so far: torch.cuda.max_memory_allocated on CUDA, the max RSS on CPU.
+
+    On CUDA this counts tensors only, not the CUDA context or the allocator's cache, so it sits
+    below the preflight estimate's total by about the runtime part. `device` is a torch.device or
+    its type name.
+    """
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -14,9 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,23 +21,23 @@ from typing import Any
 import torch
 
 from tunevault.server.contract import hyperparameters as hp
+from tunevault.server.contract.events import EventWriter
+from tunevault.server.contract.job_spec import JobSpec, check_fits_model
+from tunevault.server.contract.memory_estimate import estimate_peak_memory
 from tunevault.server.privacy.sealing import canary_secrets
-from tunevault.server.training import baseline_cache, checkpoints, quantized_model
-from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
+from tunevault.server.training import baseline_cache, canary_audit, checkpoints, quantized_model
+from tunevault.server.training.atomic_dir import atomic_dir
 from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
-from tunevault.server.training import canary_audit
 from tunevault.server.training.canary_audit import MemorizationAudit
 from tunevault.server.training.checkpoints import TrainState
 from tunevault.server.training.dp_sgd import DPStep, plan_and_announce
 from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
-from tunevault.server.contract.events import EventWriter
+from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
 from tunevault.server.training.job_data import JobData, prepare_job_data
-from tunevault.server.contract.job_spec import JobSpec
 from tunevault.server.training.lr_schedule import make_scheduler
-from tunevault.server.contract.memory_estimate import estimate_peak_memory, measured_peak_bytes
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.report import write_report
-from tunevault.server.training.runtime import seed_everything, set_threads
+from tunevault.server.training.runtime import measured_peak_bytes, seed_everything, set_threads
 from tunevault.server.training.stopping import StopFlag, StopRequested
 
 log = logging.getLogger("tunevault.worker")
@@ -90,25 +87,22 @@ class QLoRATrainer:
         self.threads = set_threads()
         self.device = quantized_model.pick_device()
         self.compute_dtype = quantized_model.pick_compute_dtype(self.device)
-        requested = hp.validate(self.spec.hyperparameters)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.data: JobData = prepare_job_data(
-            self.tokenizer, self.spec.train_file, self.spec.validation_file, requested,
+            self.tokenizer, self.spec.train_file, self.spec.validation_file, self.spec.hyperparameters,
             data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
         )
         self.hp = self.data.hyperparameters
         # Memorization audit: canary rows join the training rows after the data checks (off: no change).
         self.memorization = MemorizationAudit.for_job(self.hp, self.data.data_format, self._canary_secrets())
         self.data = self.memorization.plant(self.tokenizer, self.data)
-        positions = self._max_positions()
-        if positions and int(self.hp["max_seq_len"]) > positions:
-            raise hp.HyperparameterError("max_seq_len", f"the base model handles at most {positions} tokens")
-        self.total_steps = int(self.hp["max_steps"])
-        self.accumulation = int(self.hp["gradient_accumulation_steps"])
-        self.dp_enabled = requested.dp
+        check_fits_model(self.spec.base_model_dir, self.data.max_seq_len)
+        self.total_steps = self.hp.max_steps
+        self.accumulation = self.hp.gradient_accumulation_steps
+        self.dp_enabled = self.hp.dp
         pad = self.tokenizer.pad_token_id
         # Packs hold at most max_seq_len tokens and a micro-batch at most batch_size packs: the
         # same worst-case memory as batch_size padded rows, without the padding.
@@ -117,17 +111,17 @@ class QLoRATrainer:
         # Llama-3-8B shape: 2.40 s for two steps at fixed width vs 6.16 s at varying widths).
         # DP-SGD never packs: a per-example gradient needs each example alone in its row.
         self.stream = BatchStream(
-            self.data.train, int(self.hp["batch_size"]), int(self.hp["seed"]), pad,
-            pack_tokens=None if self.dp_enabled else int(self.hp["max_seq_len"]),
+            self.data.train, self.hp.batch_size, self.hp.seed, pad,
+            pack_tokens=None if self.dp_enabled else self.data.max_seq_len,
             fixed_width=self.device.type == "cuda",
         )
-        self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), pad)
+        self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, self.hp.batch_size), pad)
         self.events.emit(
             "data.prepared",
             f"{len(self.data.train)} training rows, {len(self.data.validation)} validation rows, "
-            f"{self.total_steps} steps (max_seq_len {self.hp['max_seq_len']})",
+            f"{self.total_steps} steps (max_seq_len {self.data.max_seq_len})",
             {**self.data.stats(), "total_steps": self.total_steps},
-            hyperparameters=self.hp,
+            hyperparameters=self.hp.to_dict(),
             data_format=self.data.data_format,
         )
         for warning in self.data.warnings(self.tokenizer.eos_token):
@@ -137,43 +131,43 @@ class QLoRATrainer:
         self.stop.check()
 
         started = time.perf_counter()
-        seed_everything(int(self.hp["seed"]))
+        seed_everything(self.hp.seed)
         self.fused_kernels = apply_fused_kernels(model_type(self.spec.base_model_dir), self.device)
         loaded = quantized_model.load_with_cache(self.spec.base_model_dir, self.device, self.compute_dtype)
         self.base_entry = loaded.cache_dir  # also holds the base model's cached eval scores
-        self.hp["gradient_checkpointing"] = self._gradient_checkpointing()
-        base = quantized_model.prepare_for_training(loaded.model, self.device, self.hp["gradient_checkpointing"])
+        self.hp = self.hp.with_gradient_checkpointing(self._gradient_checkpointing())
+        base = quantized_model.prepare_for_training(loaded.model, self.device, bool(self.hp.gradient_checkpointing))
         # LoRA A matrices are drawn from the torch RNG: seeding right before makes them reproducible.
-        torch.manual_seed(int(self.hp["seed"]))
+        torch.manual_seed(self.hp.seed)
         try:
             self.model = quantized_model.attach_lora(
                 base,
-                r=int(self.hp["lora_r"]),
-                alpha=float(self.hp["lora_alpha"]),
-                dropout=float(self.hp["lora_dropout"]),
-                target_modules=self.hp["lora_target_modules"],
+                r=self.hp.lora_r,
+                alpha=self.hp.lora_alpha,
+                dropout=self.hp.lora_dropout,
+                target_modules=self.hp.lora_target_modules,
             )
         except ValueError as exc:  # PEFT: none of the named modules exist in this model
             raise hp.HyperparameterError("lora_target_modules", str(exc).split("\n")[0]) from None
         quantized_model.pin_cpu_weight_layout(self.model)
-        self.hp["lora_target_modules"] = quantized_model.lora_target_names(self.model)
+        self.hp = self.hp.with_target_modules(quantized_model.lora_target_names(self.model))
         self.params = quantized_model.trainable_parameters(self.model)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=float(self.hp["learning_rate"]), weight_decay=float(self.hp["weight_decay"])
+            self.params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
         )
-        warmup = math.ceil(self.total_steps * float(self.hp["warmup_ratio"]))
-        self.scheduler = make_scheduler(self.optimizer, self.hp["lr_scheduler"], warmup, self.total_steps)
+        warmup = math.ceil(self.total_steps * self.hp.warmup_ratio)
+        self.scheduler = make_scheduler(self.optimizer, self.hp.lr_scheduler, warmup, self.total_steps)
         load_seconds = time.perf_counter() - started
         self.events.emit(
             "model.loaded",
             f"{self.spec.base_model_dir.name} in 4-bit NF4, compute {str(self.compute_dtype).removeprefix('torch.')} "
-            f"on {self.device.type} x{self.threads} threads, LoRA r={self.hp['lora_r']} on "
-            f"{', '.join(self.hp['lora_target_modules'])}",
+            f"on {self.device.type} x{self.threads} threads, LoRA r={self.hp.lora_r} on "
+            f"{', '.join(self.hp.lora_target_modules)}",
             {
                 "load_seconds": load_seconds,
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "quantized_from_cache": float(loaded.from_cache),
-                "gradient_checkpointing": float(self.hp["gradient_checkpointing"]),
+                "gradient_checkpointing": float(bool(self.hp.gradient_checkpointing)),
             },
         )
         self.state.fingerprint = self._fingerprint()
@@ -181,7 +175,7 @@ class QLoRATrainer:
         if self.dp_enabled:
             self.dp = DPStep(
                 self.model, self.optimizer, noise_multiplier=self.dp_plan.noise_multiplier,
-                max_grad_norm=float(self.hp["dp_max_grad_norm"]), expected_batch=self.dp_plan.expected_batch,
+                max_grad_norm=self.hp.dp_max_grad_norm, expected_batch=self.dp_plan.expected_batch,
                 sample_rate=self.dp_plan.sample_rate, accountant=self.dp_plan.accountant, delta=self.dp_plan.delta,
                 steps_done=self.state.step,
             )
@@ -194,23 +188,19 @@ class QLoRATrainer:
         """The user's secrets: unsealed by the worker, or as written in a plain spec (a worker run by hand)."""
         if self.spec.canary_secrets is not None:
             return self.spec.canary_secrets
-        return canary_secrets.restore(self.hp, self.spec.output_dir.parent, keys=None)
-
-    def _max_positions(self) -> int | None:
-        config = json.loads((self.spec.base_model_dir / "config.json").read_text())
-        return config.get("max_position_embeddings")
+        return canary_secrets.restore(self.hp.canary_secrets, self.spec.output_dir.parent, keys=None)
 
     def _gradient_checkpointing(self) -> bool:
         """As asked; on "auto", only on a GPU that could not hold the job's activations otherwise."""
-        setting = self.hp.get("gradient_checkpointing")
+        setting = self.hp.gradient_checkpointing
         if setting is not None:
-            return bool(setting)
+            return setting
         if self.device.type != "cuda":
             return False  # a CPU job has memory to spare and no compute to spare
         free_bytes, _ = torch.cuda.mem_get_info(self.device)
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
         labels = max(r.label_count for r in self.data.train)
-        without = estimate_peak_memory(config, {**self.hp, "gradient_checkpointing": False}, device="cuda",
+        without = estimate_peak_memory(config, self.hp.with_gradient_checkpointing(False), device="cuda",
                                        label_tokens_per_row=labels)
         return without.total > MEMORY_HEADROOM * free_bytes
 
@@ -225,7 +215,7 @@ class QLoRATrainer:
             "train": _file_digest(self.spec.train_file),
             "validation": _file_digest(self.spec.validation_file),
             "base": str(self.spec.base_model_dir.resolve()),
-            "hyperparameters": {k: v for k, v in self.hp.items() if k not in unchanged_math},
+            "hyperparameters": {k: v for k, v in self.hp.to_dict().items() if k not in unchanged_math},
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -250,7 +240,7 @@ class QLoRATrainer:
         if self.state.base_eval_loss is not None:
             return
         key = baseline_cache.cache_key(self.data.validation, self.data.accuracy_examples,
-                                       max(EVAL_BATCH_ROWS, int(self.hp["batch_size"])), self.threads)
+                                       max(EVAL_BATCH_ROWS, self.hp.batch_size), self.threads)
         cached = baseline_cache.load(self.base_entry, key)
         scores = cached
         if scores is None:
@@ -305,13 +295,13 @@ class QLoRATrainer:
             self.state.evals_since_best += 1
 
     def _should_stop_early(self) -> bool:
-        patience = int(self.hp.get("early_stopping_patience") or 0)
+        patience = self.hp.early_stopping_patience
         return patience > 0 and self.state.evals_since_best >= patience
 
     def _restore_best_if_better(self, final_loss: float) -> float:
         """With early stopping on, the job's result is the best evaluated adapter; returns its loss."""
         best = self.state.best_eval_loss
-        if not self.hp.get("early_stopping_patience") or best is None or best >= final_loss:
+        if not self.hp.early_stopping_patience or best is None or best >= final_loss:
             return final_loss
         checkpoints.load_best_adapter(self.spec.checkpoint_dir, self.model)
         self.events.emit(
@@ -336,9 +326,9 @@ class QLoRATrainer:
         return step % every == 0 or step == self.total_steps or step == 1
 
     def train(self) -> None:
-        eval_every = int(self.hp["eval_every"])
-        checkpoint_every = int(self.hp["checkpoint_every"])
-        max_grad_norm = float(self.hp["max_grad_norm"])
+        eval_every = self.hp.eval_every
+        checkpoint_every = self.hp.checkpoint_every
+        max_grad_norm = self.hp.max_grad_norm
         self.model.train()
         while self.state.step < self.total_steps:
             # The step boundary: the only place a stop request is acted on during training.
@@ -351,7 +341,7 @@ class QLoRATrainer:
                 micro_batches, loss_total = self._step(max_grad_norm)
             else:
                 micro_batches = poisson_micro_batches(self.data.train, self.dp.sample_rate, self.dp.sampler,
-                                                      int(self.hp["batch_size"]), self.tokenizer.pad_token_id)
+                                                      self.hp.batch_size, self.tokenizer.pad_token_id)
                 loss_total = self.dp.step(micro_batches)
             self.scheduler.step()
             step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
@@ -394,7 +384,7 @@ class QLoRATrainer:
                 except StopRequested:
                     self.save_checkpoint()  # the step is done; keep it even though its eval is not
                     raise
-                if self.hp.get("early_stopping_patience"):
+                if self.hp.early_stopping_patience:
                     self._track_best(step, loss)
                     if self._should_stop_early():
                         self.state.stopped_early = True
@@ -468,7 +458,7 @@ class QLoRATrainer:
             "eval_perplexity": perplexity(eval_final),
             "base_eval_loss": self.state.base_eval_loss,
             "base_eval_perplexity": perplexity(self.state.base_eval_loss) if self.state.base_eval_loss is not None else None,
-            "best_step": self.state.best_step if self.hp.get("early_stopping_patience") else None,
+            "best_step": self.state.best_step if self.hp.early_stopping_patience else None,
             "stopped_early": float(self.state.stopped_early),
             "accuracy": accuracy,
             "base_accuracy": self.state.base_accuracy,
@@ -489,15 +479,14 @@ class QLoRATrainer:
 
     def _export(self, result: dict[str, float]) -> None:
         output = self.spec.output_dir
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-        try:
+        # A previous attempt that finished exporting but not reporting is replaced by this run's result.
+        with atomic_dir(output) as staging:
             self.model.save_pretrained(staging)
             (staging / "README.md").unlink(missing_ok=True)  # PEFT's blank model card; metrics.json says more
             metrics = {
                 "job_id": self.spec.job_id,
                 "result": result,
-                "hyperparameters": self.hp,
+                "hyperparameters": self.hp.to_dict(),
                 "data": {"format": self.data.data_format, **self.data.stats(),
                          "accuracy_examples": len(self.data.accuracy_examples)},
                 "runtime": {
@@ -514,15 +503,7 @@ class QLoRATrainer:
                 write_report(staging, metrics)
             except Exception:  # noqa: BLE001 - a picture must not fail a finished training
                 log.exception("could not write the job report; the adapter and metrics.json are kept")
-            os.chmod(staging, 0o755)
-            if output.exists():
-                # A previous attempt finished exporting but not reporting; this run's result replaces it.
-                shutil.rmtree(output)
-            os.rename(staging, output)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        if self.hp.get("export_merged"):
+        if self.hp.export_merged:
             self._export_merged(output)
 
     def _audit_memorization(self) -> dict[str, Any] | None:

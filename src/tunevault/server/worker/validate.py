@@ -18,34 +18,25 @@ Exit status 0 after "validated", 1 after "error".
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
 from pathlib import Path
 
-from tunevault.server.privacy import egress_guard
 from tunevault.server.contract.events import EventWriter
+from tunevault.server.privacy import egress_guard
 from tunevault.server.training.runtime import force_offline
+from tunevault.server.worker.process import classify, egress_first, job_process_main
 
 log = logging.getLogger("tunevault.validator")
-
-
-def _check_positions(model_dir: Path, max_seq_len: int) -> None:
-    from tunevault.server.contract.hyperparameters import HyperparameterError
-
-    positions = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
-    if positions and max_seq_len > positions:
-        raise HyperparameterError("max_seq_len", f"the base model handles at most {positions} tokens")
 
 
 def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
     """Emits the warnings and the "validated" event; raises for a job that cannot train."""
     from transformers import AutoTokenizer
 
-    from tunevault.server.contract import hyperparameters as hp
+    from tunevault.server.contract.job_spec import JobSpec, check_fits_model
     from tunevault.server.training.job_data import prepare_job_data
-    from tunevault.server.contract.job_spec import JobSpec
     from tunevault.server.training.pii_step import apply_pii
     from tunevault.server.training.runtime import quiet_progress_bars
 
@@ -55,12 +46,12 @@ def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
         # Refuses the data naming where identifiers are; redact runs in the worker, which trains on its output.
         apply_pii(spec, events)
     tokenizer = AutoTokenizer.from_pretrained(str(spec.base_model_dir), local_files_only=True)
-    data = prepare_job_data(tokenizer, spec.train_file, spec.validation_file, hp.validate(spec.hyperparameters),
+    data = prepare_job_data(tokenizer, spec.train_file, spec.validation_file, spec.hyperparameters,
                             data_format=spec.data_format, validation_data_format=spec.validation_data_format)
-    _check_positions(spec.base_model_dir, int(data.hyperparameters["max_seq_len"]))
+    check_fits_model(spec.base_model_dir, data.max_seq_len)
     for warning in data.warnings(tokenizer.eos_token):
         events.emit("data.warning", warning)
-    if data.hyperparameters.get("dp_epsilon") is not None or data.hyperparameters.get("dp_noise_multiplier") is not None:
+    if data.hyperparameters.dp:
         from tunevault.server.training.dp_sgd import plan_and_announce
 
         # Before queueing, in numbers: how much noise the epsilon costs and whether this data can bear it.
@@ -69,7 +60,7 @@ def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
     events.emit("validated",
                 f"{stats['train_rows']:.0f} training rows ({stats['train_tokens']:.0f} tokens), "
                 f"{stats['validation_rows']:.0f} validation rows, {data.data_format} format, "
-                f"max_seq_len {data.hyperparameters['max_seq_len']}",
+                f"max_seq_len {data.max_seq_len}",
                 stats, data_format=data.data_format)
 
 
@@ -85,8 +76,6 @@ def run(jobs_dir: Path, job_id: str) -> int:
         egress_guard.raise_if_blocked()
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure becomes one error event
-        from tunevault.server.worker.train import classify, egress_first
-
         traceback.print_exc(file=sys.stderr)
         code, message = classify(egress_first(exc))
         events.emit("error", message, {}, code=code)
@@ -94,8 +83,6 @@ def run(jobs_dir: Path, job_id: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunevault.server.worker.train import job_process_main
-
     return job_process_main(run, __doc__.splitlines()[0], argv)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from tunevault.server.privacy.sealing.encryption import open_plain
+
 from .name_lists import ages_after_names, find_names_and_places, propagate_names
 from .patterns import CITATION, Candidate, find_patterns
 

@@ -11,6 +11,7 @@ memory; deleting the job destroys the key and so the secrets.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,13 @@ def seal(secrets: list[str], job_dir: Path, key: DataKey) -> Path:
     return target
 
 
-def restore(hyperparameters: dict[str, Any], job_dir: Path, keys: KeyLookup | None) -> tuple[str, ...]:
-    """The secrets to plant: from the sealed file where the job has placeholders, else as given.
+def restore(secrets_field: Sequence[str], job_dir: Path, keys: KeyLookup | None) -> tuple[str, ...]:
+    """The secrets to plant: from the sealed file where the job's canary_secrets are placeholders, else as given.
 
     A worker run by hand on a plain spec (no key store, as the benchmarks do) passes its secrets
     in the hyperparameters themselves.
     """
-    given = [str(s) for s in hyperparameters.get(FIELD) or []]
+    given = [str(s) for s in secrets_field]
     if PLACEHOLDER not in given:
         return tuple(given)
     path = job_dir / FILE_NAME

@@ -40,9 +40,10 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from tunevault.server.errors import FailedPrecondition
-from tunevault.server.store.db import connect
 from tunevault.server.ids import new_id
+from tunevault.server.store.db import connect
 
 log = logging.getLogger(__name__)
 

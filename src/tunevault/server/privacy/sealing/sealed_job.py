@@ -18,6 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
+from tunevault.server.contract.job_spec import JobSpec
 from tunevault.server.privacy.sealing import canary_secrets, scratch
 from tunevault.server.privacy.sealing.encryption import seal_tree, unseal_file, unseal_tree
 from tunevault.server.privacy.sealing.keys import (
@@ -26,7 +27,6 @@ from tunevault.server.privacy.sealing.keys import (
     KeyStore,
     default_store,
 )
-from tunevault.server.contract.job_spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class SealedJob:
             best = self.original.checkpoint_dir / BEST_DIR
             if best.is_dir():
                 unseal_tree(best, checkpoints / BEST_DIR, self.keys.unwrap)
-        secrets = canary_secrets.restore(self.original.hyperparameters, self.job_dir, self.keys.unwrap)
+        secrets = canary_secrets.restore(self.original.hyperparameters.canary_secrets, self.job_dir, self.keys.unwrap)
         return dataclasses.replace(self.original, **inputs, output_dir=self.workspace / "artifacts",
                                    checkpoint_dir=checkpoints, canary_secrets=secrets)
 
