@@ -132,6 +132,15 @@ def _logit_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return positions, targets
 
 
+def _batch(input_ids: torch.Tensor, labels: torch.Tensor, *, tokens: int, attention_mask: torch.Tensor | None = None,
+           position_ids: torch.Tensor | None = None) -> Batch:
+    """A Batch with the positions whose logits the loss needs, found here on the CPU."""
+    positions, targets = _logit_targets(labels)
+    return Batch(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids,
+                 logits_index=positions, targets=targets, tokens=tokens,
+                 label_tokens=int((targets != IGNORE_INDEX).sum()))
+
+
 def collate(rows: list[TokenizedRow], pad_token_id: int) -> Batch:
     """Right-pad rows into one batch, one row each."""
     width = max(len(r.input_ids) for r in rows)
@@ -143,17 +152,7 @@ def collate(rows: list[TokenizedRow], pad_token_id: int) -> Batch:
         input_ids[i, :n] = torch.tensor(row.input_ids)
         labels[i, :n] = torch.tensor(row.labels)
         attention_mask[i, :n] = 1
-    positions, targets = _logit_targets(labels)
-    return Batch(
-        input_ids=input_ids,
-        labels=labels,
-        attention_mask=attention_mask,
-        position_ids=None,
-        logits_index=positions,
-        targets=targets,
-        tokens=int(attention_mask.sum()),
-        label_tokens=int((targets != IGNORE_INDEX).sum()),
-    )
+    return _batch(input_ids, labels, tokens=int(attention_mask.sum()), attention_mask=attention_mask)
 
 
 def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int, width: int | None = None) -> Batch:
@@ -178,17 +177,7 @@ def collate_packed(packs: list[list[TokenizedRow]], pad_token_id: int, width: in
             at += n
         position_ids[i, at:] = torch.arange(width - at)
         tokens += at
-    positions, targets = _logit_targets(labels)
-    return Batch(
-        input_ids=input_ids,
-        labels=labels,
-        attention_mask=None,
-        position_ids=position_ids,
-        logits_index=positions,
-        targets=targets,
-        tokens=tokens,
-        label_tokens=int((targets != IGNORE_INDEX).sum()),
-    )
+    return _batch(input_ids, labels, tokens=tokens, position_ids=position_ids)
 
 
 def packed_micro_batches(
