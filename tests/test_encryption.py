@@ -265,15 +265,15 @@ def test_canary_secrets_are_withheld_sealed_and_restored(database: Path, tmp_pat
 
     job_dir = tmp_path / "jobs" / "job_1"
     with pytest.raises(canary_secrets.SecretsUnavailable):
-        canary_secrets.restore(stored, job_dir, store.unwrap)  # placeholders without their file
+        canary_secrets.restore(stored["canary_secrets"], job_dir, store.unwrap)  # placeholders without their file
     path = canary_secrets.seal(withheld, job_dir, key)
     assert b"Ellery" not in path.read_bytes()
-    assert canary_secrets.restore(stored, job_dir, store.unwrap) == tuple(withheld)
+    assert canary_secrets.restore(stored["canary_secrets"], job_dir, store.unwrap) == tuple(withheld)
     # A plain spec (a worker run by hand) carries its secrets in the hyperparameters themselves.
-    assert canary_secrets.restore(given, job_dir, None) == tuple(withheld)
+    assert canary_secrets.restore(given["canary_secrets"], job_dir, None) == tuple(withheld)
     store.shred("job", "job_1")
     with pytest.raises(KeyDestroyed):
-        canary_secrets.restore(stored, job_dir, store.unwrap)
+        canary_secrets.restore(stored["canary_secrets"], job_dir, store.unwrap)
     store.close()
 
 

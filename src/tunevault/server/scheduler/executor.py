@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tunevault.server.scheduler.launch import worker_argv
+
 
 @dataclass
 class WorkerProcess:
@@ -61,7 +63,7 @@ class LocalProcessExecutor:
                "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [self.python, "-m", module, "--jobs-dir", str(self.jobs_dir), job_id],
+                worker_argv(self.python, module, self.jobs_dir, job_id),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                 env=env, cwd=job_dir, start_new_session=True,
             )
