@@ -8,6 +8,16 @@ drugs, lab values, scores, statutes, published case citations, ages under 90, ba
   for fixes (first blind scores: P/R 0.975/0.937, 0.917/0.948, 0.893/0.870).
 - pii_eval_holdout.jsonl: the fourth blind set, with other document styles, names, places and
   formats; it has never been used to change the scrubber.
+- pii_blind_{email,contracts,chat,discharge}.jsonl (sets blind_*): four sets written blind on
+  2026-12-04, mostly outside the US, built from marked-up sources by data/build_pii_blind.py; their
+  genres, the conventions they add (ID, HEALTH_PLAN_ID, ACCOUNT for IBANs, PHONE/FAX/EMAIL for every
+  number and address, organisation names and places inside them not PII, ...) and how they were
+  written are in data/README_pii_sets.md. First scores, before any fix, scored once on
+  2026-12-04 (precision / recall / covered recall, same type and IoU >= 0.5):
+    blind_email      0.802 / 0.643 / 0.670   (132 rows, 258 entities)
+    blind_contracts  0.680 / 0.562 / 0.558   (146 rows, 276 entities)
+    blind_chat       0.777 / 0.403 / 0.420   (139 rows, 181 entities)
+    blind_discharge  0.728 / 0.605 / 0.621   (134 rows, 248 entities)
 
 Matching rule (the headline figures): a finding matches a labelled entity when the TYPE IS THE
 SAME and their character spans overlap with intersection-over-union >= 0.5; each entity matches
@@ -24,12 +34,16 @@ unit, city, state and ZIP when written together; LOCATION is a city, town or cou
 after a keyword ("MRN 123") exclude the keyword. Published case citations ("Roe v. Wade, 410 U.S.
 113") and statutes are not identifiers; parties in a firm's own case captions are NAMEs.
 
-    python bench/pii_bench.py [--errors] [--out bench/results/pii.json]
+Printed per set: a table per type (precision, recall, F1, covered) and one SUMMARY line; --out
+writes all of it as JSON, with each set's file name and sha256.
+
+    python bench/pii_bench.py [--errors] [--set blind_chat ...] [--rows 0] [--out bench/results/pii.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -43,6 +57,9 @@ from tunevault.server.privacy.pii import scrubber as pii  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SETS = {"main": DATA / "pii_eval.jsonl", "holdout": DATA / "pii_eval_holdout.jsonl"}
+# Written blind on 2026-12-04 (bench/data/README_pii_sets.md); built from pii_blind_src/ by build_pii_blind.py.
+BLIND = ("email", "contracts", "chat", "discharge")
+SETS.update({f"blind_{name}": DATA / f"pii_blind_{name}.jsonl" for name in BLIND})
 
 
 def load(path: Path) -> list[dict]:
@@ -84,7 +101,7 @@ def evaluate(rows: list[dict], show_errors: bool) -> dict:
     started = time.perf_counter()
     found_all = pii.scan_many(texts)
     seconds = time.perf_counter() - started
-    tp, fp, fn = Counter(), Counter(), Counter()
+    tp, fp, fn, covered_by_type = Counter(), Counter(), Counter(), Counter()
     exact_tp = exact_found = 0
     covered = 0
     gold_total = 0
@@ -100,6 +117,7 @@ def evaluate(rows: list[dict], show_errors: bool) -> dict:
             (tp if gi in mg else fn)[g["type"]] += 1
             if any(f.start <= g["start"] and g["end"] <= f.end for f in found):
                 covered += 1
+                covered_by_type[g["type"]] += 1
             if gi not in mg:
                 errors.append(f"  MISS {g['type']:<14} {row['text'][g['start']:g['end']]!r}  <- {row['text'][:90]!r}")
         for fi, f in enumerate(found):
@@ -110,7 +128,8 @@ def evaluate(rows: list[dict], show_errors: bool) -> dict:
     result = {
         "rows": len(rows),
         "entities": gold_total,
-        "per_type": {t: prf(tp[t], fp[t], fn[t]) for t in types},
+        "per_type": {t: {**prf(tp[t], fp[t], fn[t]), "covered": round(covered_by_type[t] / (tp[t] + fn[t]), 4) if tp[t] + fn[t] else None}
+                     for t in types},
         "overall": prf(sum(tp.values()), sum(fp.values()), sum(fn.values())),
         "overall_exact_span": prf(exact_tp, exact_found - exact_tp, gold_total - exact_tp),
         "covered_any_type": round(covered / gold_total, 4) if gold_total else 1.0,
@@ -145,14 +164,27 @@ def throughput(rows: list[dict], count: int) -> dict:
 
 def table(name: str, result: dict) -> str:
     lines = [f"\n{name}: {result['rows']} rows, {result['entities']} labelled entities "
-             f"(same type, IoU >= 0.5)", f"{'type':<16}{'n':>5}{'prec':>8}{'recall':>8}{'f1':>8}{'fp':>5}{'fn':>5}"]
+             f"(same type, IoU >= 0.5; cov: inside a finding of any type)",
+             f"{'type':<16}{'n':>5}{'prec':>8}{'recall':>8}{'f1':>8}{'cov':>8}{'fp':>5}{'fn':>5}"]
     for t, m in result["per_type"].items():
-        lines.append(f"{t:<16}{m['tp'] + m['fn']:>5}{m['precision']:>8.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['fp']:>5}{m['fn']:>5}")
+        cov = f"{m['covered']:>8.3f}" if m["covered"] is not None else f"{'-':>8}"
+        lines.append(f"{t:<16}{m['tp'] + m['fn']:>5}{m['precision']:>8.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{cov}{m['fp']:>5}{m['fn']:>5}")
     o, e = result["overall"], result["overall_exact_span"]
     lines.append(f"{'OVERALL':<16}{o['tp'] + o['fn']:>5}{o['precision']:>8.3f}{o['recall']:>8.3f}{o['f1']:>8.3f}{o['fp']:>5}{o['fn']:>5}")
     lines.append(f"{'exact spans':<16}{e['tp'] + e['fn']:>5}{e['precision']:>8.3f}{e['recall']:>8.3f}{e['f1']:>8.3f}{e['fp']:>5}{e['fn']:>5}")
     lines.append(f"covered by a finding of any type: {result['covered_any_type']:.3f}; scan time {result['scan_seconds']} s")
     return "\n".join(lines)
+
+
+def summary(name: str, result: dict) -> str:
+    """One line per set: the figures the issue's bar is stated in."""
+    o = result["overall"]
+    return (f"SUMMARY {name:<18} rows {result['rows']:>4}  entities {result['entities']:>4}  precision {o['precision']:.3f}  "
+            f"recall {o['recall']:.3f}  f1 {o['f1']:.3f}  covered recall {result['covered_any_type']:.3f}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
@@ -169,13 +201,21 @@ def main() -> None:
         if args.set and name not in args.set:
             continue
         rows = load(path)
+        if args.errors:
+            print(f"\nerrors in {name} ({path.name}):")
         results[name] = evaluate(rows, args.errors)
+        results[name]["file"] = path.name
+        results[name]["sha256"] = sha256(path)
         print(table(name, results[name]))
     if args.rows:
         results["throughput"] = throughput(load(SETS["main"]) + load(SETS["holdout"]), args.rows)
         t = results["throughput"]
         print(f"\nthroughput: scrub_jsonl(redact) {t['rows']} chat rows in {t['seconds']} s = "
               f"{t['rows_per_second']} rows/s ({t['chars_per_second']} chars/s); model load {results['model_load_seconds']} s")
+    print()
+    for name in SETS:
+        if name in results:
+            print(summary(name, results[name]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
