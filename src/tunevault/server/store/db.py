@@ -1,29 +1,25 @@
-"""Opening the SQLite database: WAL mode, durability pragmas, and numbered migrations."""
+"""Opening the SQLite database (pragmas as in tunevault.server.sqlite) and the numbered migrations."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 
 import sqlite_utils
 
+from tunevault.server.sqlite import immediate_transaction, open_connection
+
 
 def connect(path: Path | str) -> sqlite_utils.Database:
     """Opens (creating if needed) the database at `path` and brings its schema up to date.
 
-    The connection is in autocommit mode (isolation_level=None) so that every transaction
-    is an explicit BEGIN IMMEDIATE ... COMMIT: a writer takes the lock up front instead of
-    upgrading a read lock and failing with SQLITE_BUSY halfway through.
+    Connection and pragmas as every process opens them (tunevault.server.sqlite); only the
+    server's Store migrates, so a child process never changes the schema under it.
     """
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a job the API acknowledged survives a power cut, not only a process crash.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    db = sqlite_utils.Database(conn)
+    db = sqlite_utils.Database(open_connection(path))
     migrate(db)
     return db
 
@@ -45,15 +41,11 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         if name in done:
             continue
         # executescript would COMMIT on its own; run statement by statement inside one transaction.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        # No lock: migrations run while the connection is being opened, before anyone shares it.
+        with immediate_transaction(db.conn, nullcontext()):
             for statement in _split_statements(script):
                 db.execute(statement)
             db.execute("INSERT INTO schema_migrations VALUES (?, ?)", [name, time.time()])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         applied.append(name)
     return applied
 
