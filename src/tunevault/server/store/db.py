@@ -1,12 +1,15 @@
-"""Opening the SQLite database (pragmas as in tunevault.server.sqlite) and the numbered migrations."""
+"""The store's database: its one connection and lock, and the numbered migrations."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -22,6 +25,38 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     db = sqlite_utils.Database(open_connection(path))
     migrate(db)
     return db
+
+
+class Connection:
+    """The Store's one connection and its lock, shared by the repository of every aggregate.
+
+    One connection, one writer at a time, explicit BEGIN IMMEDIATE transactions. Readers share
+    the connection under the lock too; SQLite answers them in microseconds, and one connection
+    keeps the "one writer" discipline obvious. Re-entrant, so a repository may read (under the
+    lock) inside its own transaction.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.db: sqlite_utils.Database = connect(path)
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        with immediate_transaction(self.db.conn, self.lock):
+            yield self.db
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """A read of one statement, under the lock (several reads that must agree take the lock themselves)."""
+        with self.lock:
+            return list(self.db.query(sql, params))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.rows(sql, params)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
 
 
 def _migration_scripts() -> list[tuple[str, str]]:
