@@ -8,7 +8,10 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import struct
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -312,6 +315,31 @@ def test_rotate_command_and_key_files(tmp_path: Path, database: Path, monkeypatc
     assert rotated.unwrap(key.id) == key.key
     with pytest.raises(WrongMasterKey):
         KeyStore(database, current).unwrap(key.id)
+
+
+def test_the_key_store_loads_neither_the_store_nor_sqlite_utils() -> None:
+    # Workers open the key store; the Store, its migrations and sqlite_utils are the server's alone.
+    probe = ("import sys, tunevault.server.privacy.sealing.keys; "
+             "print(sorted(m for m in sys.modules if m == 'sqlite_utils' or m.startswith('tunevault.server.store')))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_key_store_never_creates_or_migrates_a_database(tmp_path: Path) -> None:
+    with pytest.raises(keys.KeyStoreMissing, match="no database"):
+        KeyStore(tmp_path / "missing.db", _master())
+    assert not (tmp_path / "missing.db").exists()
+    sqlite3.connect(tmp_path / "empty.db").close()
+    with pytest.raises(keys.KeyStoreMissing, match="no data_keys table"):
+        KeyStore(tmp_path / "empty.db", _master())
+    assert keys.main(["rotate", "--data-dir", str(tmp_path / "nowhere"), "--master-key-file", str(_key_file(tmp_path)),
+                      "--new-key-file", str(_key_file(tmp_path))]) == 1
+
+
+def _key_file(folder: Path) -> Path:
+    path = folder / f"{secrets.token_hex(4)}.key"
+    keys.write_key_file(path, secrets.token_bytes(32))
+    return path
 
 
 def test_master_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

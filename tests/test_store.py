@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from tunevault.server.errors import FailedPrecondition, NotFound
-from tunevault.server.store import JobState, Store
+from tunevault.server.sqlite import immediate_transaction, open_connection
+from tunevault.server.store import JobState, Store, states
 from tunevault.server.store.db import connect, migrate
+from tunevault.server.store.states import (
+    ALLOWED_FROM,
+    TERMINAL_STATES,
+    UNFINISHED_STATES,
+    WORKER_STATES,
+    in_states,
+)
 
 
 @pytest.fixture
@@ -111,3 +122,61 @@ def test_a_job_cannot_be_created_on_a_dataset_deleted_after_it_was_looked_up(sto
         store.create_job(dataset_id=dataset, validation_dataset_id=None, base_model="m",
                          hyperparameters={}, idempotency_key=None)
     assert store.list_jobs(10) == []
+
+
+def test_a_dataset_in_use_by_an_unfinished_job_cannot_be_deleted(store: Store) -> None:
+    dataset = _dataset(store)
+    job, _ = store.create_job(dataset_id=dataset, validation_dataset_id=None, base_model="m",
+                              hyperparameters={}, idempotency_key=None, tenant="t1")
+    assert store.tenant_usage("t1") == (0, 1)  # the dataset is the default tenant's
+    for state in (JobState.QUEUED, JobState.PAUSED):  # unfinished, waiting
+        store.transition(job.id, state, event_type="x")
+        with pytest.raises(FailedPrecondition, match=job.id):
+            store.delete_dataset(dataset)
+    store.request_cancel(job.id)
+    assert store.tenant_usage("t1") == (0, 0)
+    assert store.delete_dataset(dataset).deleted_at is not None
+
+
+def test_expired_leases_and_retention_see_only_their_states(store: Store) -> None:
+    jobs = [_queued_job(store) for _ in range(4)]
+    running, pausing, done = claimed = [store.claim_next_job(-1).id for _ in range(3)]  # leases already expired
+    (queued,) = set(jobs) - set(claimed)
+    store.update_job(queued, lease_expires_at=1.0)  # a stale lease on a job no worker holds: not expired
+    store.request_pause(pausing)
+    store.transition(done, JobState.SUCCEEDED, event_type="job.succeeded", finished_at=100.0)
+    assert {j.id for j in store.expired_leases(now=1e12)} == {running, pausing}
+    assert [j.id for j in store.finished_before(cutoff=200.0)] == [done]
+    assert store.finished_before(cutoff=50.0) == []
+    assert store.get_job(queued).state is JobState.QUEUED
+
+
+def test_unfinished_states_are_every_state_a_job_can_leave() -> None:
+    assert UNFINISHED_STATES == {source for sources in ALLOWED_FROM.values() for source in sources}
+    assert not UNFINISHED_STATES & TERMINAL_STATES and WORKER_STATES <= UNFINISHED_STATES
+    assert in_states([JobState.QUEUED, JobState.FAILED]) == ("state IN (?, ?)", ["FAILED", "QUEUED"])
+
+
+def test_no_job_state_is_spelled_as_a_literal_in_the_store() -> None:
+    # states.py is the one place; a literal elsewhere drifts when a state is added.
+    literal = re.compile(r"""['"](%s)['"]""" % "|".join(state.value for state in JobState))
+    store_dir = Path(states.__file__).parent
+    offenders = [f"{path.name}:{number}" for path in sorted(store_dir.glob("*.py")) if path.name != "states.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert offenders == []
+
+
+def test_a_failed_transaction_rolls_back_and_releases_the_lock(tmp_path: Path) -> None:
+    connection, lock = open_connection(tmp_path / "t.db"), threading.Lock()
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    with pytest.raises(ZeroDivisionError):
+        with immediate_transaction(connection, lock):
+            connection.execute("INSERT INTO t VALUES (1)")
+            1 / 0
+    assert not connection.in_transaction and not lock.locked()
+    with immediate_transaction(connection, lock):
+        connection.execute("INSERT INTO t VALUES (2)")
+    assert connection.execute("SELECT x FROM t").fetchall() == [(2,)]
+    other = sqlite3.connect(tmp_path / "t.db")  # committed: another connection sees it
+    assert other.execute("SELECT x FROM t").fetchall() == [(2,)]
+    other.close()

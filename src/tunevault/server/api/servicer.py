@@ -26,13 +26,13 @@ from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.privacy.sealing.keys import default_store
 from tunevault.server.scheduler.scheduler import Scheduler, delete_job_files, disk_usage
 from tunevault.server.store import DatasetRecord, JobRecord, JobState, Store
+from tunevault.server.store.states import WORKER_STATES
 from tunevault.v1 import tunevault_pb2 as pb
 from tunevault.v1 import tunevault_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 EVENT_WAIT_SECONDS = 1.0
-WORKER_STATES = [JobState.RUNNING, JobState.PAUSING, JobState.CANCELLING]
 
 
 class TuneVaultServicer(pb_grpc.TuneVaultServicer):

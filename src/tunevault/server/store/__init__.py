@@ -1,4 +1,4 @@
-"""SQLite store of the appliance: schema, migrations, and the Store repository."""
+"""SQLite store of the appliance: schema, migrations, and the Store (one repository per aggregate behind it)."""
 
 from tunevault.server.store.records import DatasetRecord, EventRecord, JobRecord, TokenRecord
 from tunevault.server.store.repository import Store

@@ -1,31 +1,62 @@
-"""Opening the SQLite database: WAL mode, durability pragmas, and numbered migrations."""
+"""The store's database: its one connection and lock, and the numbered migrations."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
+
+from tunevault.server.sqlite import immediate_transaction, open_connection
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
     """Opens (creating if needed) the database at `path` and brings its schema up to date.
 
-    The connection is in autocommit mode (isolation_level=None) so that every transaction
-    is an explicit BEGIN IMMEDIATE ... COMMIT: a writer takes the lock up front instead of
-    upgrading a read lock and failing with SQLITE_BUSY halfway through.
+    Connection and pragmas as every process opens them (tunevault.server.sqlite); only the
+    server's Store migrates, so a child process never changes the schema under it.
     """
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a job the API acknowledged survives a power cut, not only a process crash.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    db = sqlite_utils.Database(conn)
+    db = sqlite_utils.Database(open_connection(path))
     migrate(db)
     return db
+
+
+class Connection:
+    """The Store's one connection and its lock, shared by the repository of every aggregate.
+
+    One connection, one writer at a time, explicit BEGIN IMMEDIATE transactions. Readers share
+    the connection under the lock too; SQLite answers them in microseconds, and one connection
+    keeps the "one writer" discipline obvious. Re-entrant, so a repository may read (under the
+    lock) inside its own transaction.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.db: sqlite_utils.Database = connect(path)
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        with immediate_transaction(self.db.conn, self.lock):
+            yield self.db
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """A read of one statement, under the lock (several reads that must agree take the lock themselves)."""
+        with self.lock:
+            return list(self.db.query(sql, params))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.rows(sql, params)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
 
 
 def _migration_scripts() -> list[tuple[str, str]]:
@@ -45,15 +76,11 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         if name in done:
             continue
         # executescript would COMMIT on its own; run statement by statement inside one transaction.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        # No lock: migrations run while the connection is being opened, before anyone shares it.
+        with immediate_transaction(db.conn, nullcontext()):
             for statement in _split_statements(script):
                 db.execute(statement)
             db.execute("INSERT INTO schema_migrations VALUES (?, ?)", [name, time.time()])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         applied.append(name)
     return applied
 

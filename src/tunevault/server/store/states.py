@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 
 
 class JobState(str, enum.Enum):
@@ -24,8 +25,18 @@ class JobState(str, enum.Enum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# Waiting or running: a job in one of these still needs its dataset and counts against its tenant's quota.
+UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 # States in which a worker process may be alive for the job.
 WORKER_STATES = frozenset({JobState.RUNNING, JobState.PAUSING, JobState.CANCELLING})
+
+
+def in_states(states: Collection[JobState]) -> tuple[str, list[str]]:
+    """SQL `state IN (?, ...)` for `states`, and its parameters: a set of states is named here, never
+    spelled out as literals in a query."""
+    values = sorted(state.value for state in states)
+    return f"state IN ({', '.join('?' * len(values))})", values
+
 
 _S = JobState
 # to-state -> the states a job may be in to move there.

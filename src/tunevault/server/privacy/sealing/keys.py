@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tunevault.server.errors import FailedPrecondition
 from tunevault.server.ids import new_id
-from tunevault.server.store.db import connect
+from tunevault.server.sqlite import immediate_transaction, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class WrongMasterKey(KeyUnavailable):
 
 class MasterKeyError(RuntimeError):
     """No usable master key: the server must not start (or the command must not run)."""
+
+
+class KeyStoreMissing(RuntimeError):
+    """No key store at that path (no database, or no data_keys table): only the server's Store makes one."""
 
 
 @dataclass(frozen=True)
@@ -162,28 +166,34 @@ def _unwrap(master: MasterKey, key_id: str, wrapped: bytes) -> bytes:
 
 
 class KeyStore:
-    """Data keys in the data_keys table, on a connection of their own (secure_delete on)."""
+    """Data keys in the data_keys table, on a connection of their own (secure_delete on).
+
+    A plain sqlite3 connection, without the Store or sqlite_utils: training workers and the
+    inference process open a KeyStore, and must neither load the server's store nor migrate the
+    schema under it. The server's Store opens (and migrates) the database first (app.py).
+    """
 
     def __init__(self, database_path: Path, master: MasterKey) -> None:
+        if not database_path.is_file():  # never create a database: an empty one would hide a wrong path
+            raise KeyStoreMissing(f"no database at {database_path}: the server creates it at start")
         self.master = master
-        self._db = connect(database_path)  # also brings the schema up to date
+        self._db = open_connection(database_path)
+        self._db.row_factory = sqlite3.Row
         # Overwrite freed pages with zeros, so a shredded key leaves no bytes in the file.
         self._db.execute("PRAGMA secure_delete=ON")
         self._lock = threading.Lock()
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'data_keys'", []):
+            self._db.close()
+            raise KeyStoreMissing(f"{database_path} has no data_keys table: the server creates it at start "
+                                  "(start the server once, or open a Store on this database)")
 
     def _query(self, sql: str, params: list) -> list[dict]:
         with self._lock:
-            return list(self._db.query(sql, params))
+            return [dict(row) for row in self._db.execute(sql, params)]
 
     def _write(self, sql: str, params: list) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(sql, params)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with immediate_transaction(self._db, self._lock):
+            self._db.execute(sql, params)
 
     def create(self, owner_kind: str, owner_id: str) -> DataKey:
         """A fresh data key for the owner; IntegrityError if it already has one (or had one)."""
@@ -247,24 +257,19 @@ class KeyStore:
 
         The data files are untouched: they are sealed with the data keys, which do not change.
         """
+        with immediate_transaction(self._db, self._lock):
+            rows = self._db.execute("SELECT id, wrapped, master_key_id FROM data_keys WHERE wrapped IS NOT NULL").fetchall()
+            for row in rows:
+                if row["master_key_id"] == new_master.id:
+                    continue  # an interrupted earlier rotation got this one
+                if row["master_key_id"] != self.master.id:
+                    raise WrongMasterKey(f"data key {row['id']} is wrapped under {row['master_key_id']}, "
+                                         f"neither the current ({self.master.id}) nor the new master key")
+                key = _unwrap(self.master, row["id"], row["wrapped"])
+                self._db.execute("UPDATE data_keys SET wrapped = ?, master_key_id = ?, rewrapped_at = ? WHERE id = ?",
+                                 [_wrap(new_master, row["id"], key), new_master.id, time.time(), row["id"]])
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = list(self._db.query("SELECT id, wrapped, master_key_id FROM data_keys WHERE wrapped IS NOT NULL"))
-                for row in rows:
-                    if row["master_key_id"] == new_master.id:
-                        continue  # an interrupted earlier rotation got this one
-                    if row["master_key_id"] != self.master.id:
-                        raise WrongMasterKey(f"data key {row['id']} is wrapped under {row['master_key_id']}, "
-                                             f"neither the current ({self.master.id}) nor the new master key")
-                    key = _unwrap(self.master, row["id"], row["wrapped"])
-                    self._db.execute("UPDATE data_keys SET wrapped = ?, master_key_id = ?, rewrapped_at = ? WHERE id = ?",
-                                     [_wrap(new_master, row["id"], key), new_master.id, time.time(), row["id"]])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as in shred: no old page keeps a wrapped key
         self.master = new_master
         return len(rows)
 
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         store = KeyStore(args.data_dir / "tunevault.db", current)
         count = store.rotate(new)
         store.close()
-    except (MasterKeyError, KeyUnavailable, FileExistsError) as error:
+    except (MasterKeyError, KeyStoreMissing, KeyUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"re-wrapped {count} data key(s) from master key {current.id} to {new.id}; start the server with "
