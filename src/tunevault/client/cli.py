@@ -14,7 +14,7 @@ import grpc
 
 from tunevault.client import server_commands
 from tunevault.client.commands import appliance, data, generation, jobs, submit
-from tunevault.client.commands.common import Handler, connection_options, say
+from tunevault.client.commands.common import Handler, UsageError, connection_options, rpc_error_hint, say
 from tunevault.client.commands.generation import recent_exchanges
 
 __all__ = ["build_parser", "main", "recent_exchanges"]
@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except UsageError as error:
+        say(f"error: {error}")
+        return 2
     except grpc.RpcError as error:
         say(f"error: {error.code().name}: {error.details()}")
+        if hint := rpc_error_hint(error, args):
+            say(hint)
         return 2
     except (OSError, ValueError) as error:
         say(f"error: {error}")

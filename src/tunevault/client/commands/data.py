@@ -10,12 +10,13 @@ import tempfile
 from pathlib import Path
 
 from tunevault.client import privacy_report
-from tunevault.client.commands.common import DATA_FORMATS, AddCommand, connect, print_json, say
+from tunevault.client.commands.common import DATA_FORMATS, AddCommand, check_file, connect, print_json, say
 
 REPORT_FILES = ("metrics.json", "report.md", "loss_curve.png")
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    check_file(args.file)
     with connect(args) as client:
         dataset = client.upload_dataset(args.file, data_format=args.format)
     if args.json:

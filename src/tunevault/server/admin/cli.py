@@ -79,7 +79,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="master key of encryption at rest, base64 of 32 bytes (env TUNEVAULT_MASTER_KEY_FILE or "
                             "TUNEVAULT_MASTER_KEY; else generated once beside the data directory)")
     serve.add_argument("--admin-token-file", type=Path, default=os.environ.get("TUNEVAULT_ADMIN_TOKEN_FILE"),
-                       help="first admin token, from a file (env TUNEVAULT_ADMIN_TOKEN_FILE); else generated and printed once")
+                       help="first admin token, from a file (env TUNEVAULT_ADMIN_TOKEN_FILE); "
+                            "else generated and printed once")
     serve.add_argument("--rate-limit", type=float, default=50.0, help="requests per second per token")
     serve.add_argument("--rate-limit-burst", type=float, default=200.0, help="requests a token may make at once")
     serve.add_argument("--max-pending-jobs", type=int, default=100, help="unfinished jobs per tenant")
