@@ -82,14 +82,15 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = True,
+def start_server(data_dir: Path, models_dir: Path | None, *extra: str, wait: bool = True,
                  admin_token: str | None = ADMIN_TOKEN, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> RunningServer:
     """Starts `tunevault serve` on free ports and waits until health says SERVING.
 
     The first admin token comes from a file, as the Helm chart's Secret gives it; with
     admin_token=None the server generates one and prints it. extra_env is added to the server's
-    environment, which its workers and inference process inherit.
+    environment, which its workers and inference process inherit. models_dir=None leaves out
+    --models-dir, so the server picks its model store as an operator's bare `serve` would.
     """
     port, metrics_port = port or free_port(), free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
@@ -99,8 +100,9 @@ def start_server(data_dir: Path, models_dir: Path, *extra: str, wait: bool = Tru
         token_file = data_dir.parent / f"{data_dir.name}-admin-token"
         token_file.write_text(admin_token + "\n")
         token_args = ["--admin-token-file", str(token_file)]
+    models_args = ["--models-dir", str(models_dir)] if models_dir is not None else []
     command = [sys.executable, "-m", "tunevault.client.cli", "serve", "--data-dir", str(data_dir),
-               "--models-dir", str(models_dir), "--listen", f"127.0.0.1:{port}",
+               *models_args, "--listen", f"127.0.0.1:{port}",
                "--metrics-listen", f"127.0.0.1:{metrics_port}", *token_args, *extra]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,14 @@ class Client:
         if data_format:
             fmt = pb.DatasetFormat.Value(f"DATASET_FORMAT_{data_format.upper()}")
 
-        def requests() -> Iterator[pb.UploadDatasetRequest]:
-            yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name or path.name, format=fmt))
-            with path.open("rb") as handle:
+        # Opened before the stream starts: an OSError raised inside the request iterator would
+        # reach the caller only as "UNKNOWN: Exception iterating requests!".
+        with path.open("rb") as handle:
+            def requests() -> Iterator[pb.UploadDatasetRequest]:
+                yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name or path.name, format=fmt))
                 for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
                     yield pb.UploadDatasetRequest(chunk=chunk)
-        return self._stub.UploadDataset(requests(), metadata=self._metadata, timeout=timeout).dataset
+            return self._stub.UploadDataset(requests(), metadata=self._metadata, timeout=timeout).dataset
 
     def get_dataset(self, dataset_id: str) -> pb.Dataset:
         return self._stub.GetDataset(pb.GetDatasetRequest(dataset_id=dataset_id), metadata=self._metadata).dataset
@@ -88,13 +91,15 @@ class Client:
 
     # Jobs ----------------------------------------------------------------------------
 
-    def create_job(self, dataset_id: str, base_model: str, hyperparameters: dict[str, Any] | None = None, *,
+    def create_job(self, dataset_id: str, base_model: str,
+                   hyperparameters: Mapping[str, Any] | pb.Hyperparameters | None = None, *,
                    validation_dataset_id: str = "", idempotency_key: str | None = None,
                    display_name: str = "", priority: int = 0, not_before: float | None = None,
                    max_attempts: int = 0, pii: str = "") -> pb.Job:
         request = pb.CreateJobRequest(
             dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
-            hyperparameters=hyperparameters_message(hyperparameters or {}),
+            hyperparameters=(hyperparameters if isinstance(hyperparameters, pb.Hyperparameters)
+                             else hyperparameters_message(hyperparameters or {})),
             idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
             priority=priority, max_attempts=max_attempts,
             pii=pb.PiiMode.Value(f"PII_MODE_{pii.upper()}") if pii else pb.PII_MODE_UNSPECIFIED,
@@ -212,7 +217,44 @@ def _health_status_name(data: bytes) -> str:
     return names.get(data[1], "UNKNOWN") if len(data) >= 2 and data[0] == 0x08 else "UNKNOWN"
 
 
-def _switch(name: str, value: Any) -> bool:
+class HyperparameterValueError(ValueError):
+    """A hyperparameter the message cannot hold; `reason` says why without repeating the name."""
+
+    def __init__(self, name: str, value: Any, reason: str) -> None:
+        super().__init__(f"hyperparameter {name}={value!r}: {reason}")
+        self.name, self.value, self.reason = name, value, reason
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown hyperparameter (did you mean {close[0]}?)" if close else \
+        f"unknown hyperparameter (known: {', '.join(known)})"
+
+
+def _convert(field: Any, value: Any) -> Any:
+    """One value as the field's type; ValueError with the reason a person needs."""
+    if field.type in (field.TYPE_INT32, field.TYPE_INT64):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("not a whole number")
+        try:
+            number = int(value) if not isinstance(value, str) else int(value.strip())
+        except (TypeError, ValueError):
+            raise ValueError("not a whole number") from None
+        bits = 31 if field.type == field.TYPE_INT32 else 63
+        if not -(2**bits) <= number < 2**bits:
+            raise ValueError("out of range")
+        return number
+    if field.type == field.TYPE_DOUBLE:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError("not a number") from None
+    if field.type == field.TYPE_BOOL:
+        return _switch(value)
+    return str(value)
+
+
+def _switch(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -220,27 +262,28 @@ def _switch(name: str, value: Any) -> bool:
         return True
     if text in ("false", "off", "no", "0"):
         return False
-    raise ValueError(f"hyperparameter {name!r} must be true or false, got {value!r}")
+    raise ValueError("must be true or false")
 
 
-def hyperparameters_message(values: dict[str, Any]) -> pb.Hyperparameters:
-    """Builds the message from a dict, converting "2e-4"-style strings by the field's type."""
+def hyperparameters_message(values: Mapping[str, Any]) -> pb.Hyperparameters:
+    """Builds the message from a mapping, converting "2e-4"-style strings by the field's type.
+
+    Raises HyperparameterValueError naming the key for an unknown key or a value of the wrong
+    type; ranges are the server's to check (it owns the rules).
+    """
     message = pb.Hyperparameters()
     fields = pb.Hyperparameters.DESCRIPTOR.fields_by_name
     for name, value in values.items():
         if name not in fields:
-            raise ValueError(f"unknown hyperparameter {name!r} (known: {', '.join(sorted(fields))})")
+            raise HyperparameterValueError(name, value, _unknown(name, sorted(fields)))
         field = fields[name]
-        if field.is_repeated:  # a list, or "a,b,c" from the command line
-            items = [str(i).strip() for i in (value.split(",") if isinstance(value, str) else value)]
-            integral = field.type in (field.TYPE_INT32, field.TYPE_INT64)
-            getattr(message, name).extend(int(i) if integral else i for i in items if i)
-        elif field.type in (field.TYPE_INT32, field.TYPE_INT64):
-            setattr(message, name, int(value))
-        elif field.type == field.TYPE_DOUBLE:
-            setattr(message, name, float(value))
-        elif field.type == field.TYPE_BOOL:
-            setattr(message, name, _switch(name, value))
-        else:
-            setattr(message, name, str(value))
+        try:
+            if field.is_repeated:  # a list, or "a,b,c" from the command line
+                items = value.split(",") if isinstance(value, str) else \
+                    list(value) if isinstance(value, (list, tuple)) else [value]
+                getattr(message, name).extend(_convert(field, str(i).strip()) for i in items if str(i).strip())
+            else:
+                setattr(message, name, _convert(field, value))
+        except ValueError as error:
+            raise HyperparameterValueError(name, value, str(error)) from None
     return message

@@ -39,7 +39,12 @@ def find_model(models_dir: Path, name: str) -> ModelEntry:
     entry = _read_entry(models_dir / name)
     if entry is None:
         known = ", ".join(e.name for e in list_models(models_dir)) or "none"
-        raise InvalidArgument("base_model", f"unknown model {name!r} (the model store has: {known})")
+        # The folder and the exact command: an empty store is the first thing a newcomer meets.
+        raise InvalidArgument(
+            "base_model",
+            f"unknown model {name!r} (the model store {models_dir} has: {known}); import it on the server with "
+            f"`tunevault models import PATH --name {name} --models-dir {models_dir}` (PATH: a local Hugging Face "
+            f"folder or .gguf file; without PATH and --name it imports the default model)")
     return entry
 
 
