@@ -33,6 +33,9 @@ def test_the_tree_keeps_every_import_contract() -> None:
 def test_an_import_of_training_from_the_api_breaks_a_contract(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__"))
+    # A regular package in the copy, so that the copy alone is analysed even where another tree of the
+    # `tunevault` namespace is on the path (an editable install of a checkout beside this one).
+    (src / "tunevault" / "__init__.py").touch()
     servicer = src / "tunevault" / "server" / "api" / "servicer.py"
     servicer.write_text(servicer.read_text() + "\nfrom tunevault.server.training import trainer  # noqa\n")
     result = lint(src)
