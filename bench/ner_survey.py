@@ -171,7 +171,8 @@ def rampart_spans(text: str, labels: list[str], offsets: list[tuple[int, int]], 
         last_word = word
         kind = label[2:]
         gap = text[current[1]:start] if current is not None else None
-        if label != "O" and current is not None and current[2] == kind and (gap == "" or (not gap.strip() and not label.startswith("B-"))):
+        joins = gap == "" or (gap is not None and not gap.strip() and not label.startswith("B-"))
+        if label != "O" and current is not None and current[2] == kind and joins:
             current[1] = end
             continue
         if current is not None:
@@ -614,7 +615,8 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--child", candidate, "--rows", str(args.rows)],
                               capture_output=True, text=True, env=env)
         if proc.returncode:
-            results.append({"candidate": candidate, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)})
+            last = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            results.append({"candidate": candidate, "error": last[0]})
         else:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print_table(results)
