@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,8 @@ from tests.conftest import REPO, RunningServer, start_server
 from tunevault.v1 import tunevault_pb2 as pb
 
 ROW = {"messages": [{"role": "user", "content": "Itchy rash."}, {"role": "assistant", "content": "dermatology"}]}
-HOLD = "2999-01-01T00:00"  # jobs wait here instead of training: these tests are about submitting
+# Jobs wait until then instead of training (these tests are about submitting); the server takes a year at most.
+HOLD = (datetime.now() + timedelta(days=300)).isoformat(timespec="minutes")
 
 
 @pytest.fixture(scope="module")
