@@ -10,19 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import run_worker, triage_subset, write_job
+from tests.tiny_model import train_sharp_adapter
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Path:
     """A real adapter trained on the tiny model, with a learning rate high enough to change its answers."""
-    jobs = tmp_path_factory.mktemp("jobs")
-    data = triage_subset(tmp_path_factory.mktemp("data") / "train.jsonl", rows=24)
-    write_job(jobs, "job-inf", tiny_models_dir / "tiny-llama", data,
-              {"max_steps": 8, "batch_size": 4, "learning_rate": 0.05, "eval_accuracy_max_examples": 0})
-    run = run_worker(jobs, "job-inf")
-    assert run.returncode == 0, run.log
-    return jobs / "job-inf" / "artifacts"
+    return train_sharp_adapter(tmp_path_factory.mktemp("jobs"), tmp_path_factory.mktemp("data"), tiny_models_dir,
+                               "job-inf")
 
 
 class InferenceProcess:

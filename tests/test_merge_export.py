@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.tiny_model import EXAMPLES, run_worker, triage_subset, write_job
+from tests.tiny_model import EXAMPLES, train_sharp_adapter
 
 MAX_NEW_TOKENS = 8
 # Held-out triage notes (the adapter trains on the first 24 rows), with their system prompt.
@@ -53,13 +53,8 @@ def _prompts() -> list[list[dict[str, str]]]:
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Path:
     """A real adapter from the worker, trained hard enough (lr 0.05) to move the logits far from the base's."""
-    jobs = tmp_path_factory.mktemp("jobs")
-    data = triage_subset(tmp_path_factory.mktemp("data") / "train.jsonl", rows=24)
-    write_job(jobs, "job-merge", tiny_models_dir / "tiny-llama", data,
-              {"max_steps": 8, "batch_size": 4, "learning_rate": 0.05, "eval_accuracy_max_examples": 0})
-    run = run_worker(jobs, "job-merge")
-    assert run.returncode == 0, run.log
-    return jobs / "job-merge" / "artifacts"
+    return train_sharp_adapter(tmp_path_factory.mktemp("jobs"), tmp_path_factory.mktemp("data"), tiny_models_dir,
+                               "job-merge")
 
 
 @pytest.fixture(scope="module")

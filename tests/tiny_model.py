@@ -119,6 +119,16 @@ def run_worker(jobs_dir: Path, job_id: str, timeout: float = 600) -> WorkerRun:
     return WorkerRun(process.returncode, events, (jobs_dir / job_id / "worker.log").read_text(errors="replace"))
 
 
+def train_sharp_adapter(jobs: Path, data_dir: Path, tiny_models_dir: Path, job_id: str) -> Path:
+    """A real adapter from the worker, trained hard enough (lr 0.05) to move the logits far from the base's."""
+    data = triage_subset(data_dir / "train.jsonl", rows=24)
+    write_job(jobs, job_id, tiny_models_dir / "tiny-llama", data,
+              {"max_steps": 8, "batch_size": 4, "learning_rate": 0.05, "eval_accuracy_max_examples": 0})
+    run = run_worker(jobs, job_id)
+    assert run.returncode == 0, run.log
+    return jobs / job_id / "artifacts"
+
+
 def stop_after(jobs: Path, job_id: str, event_type: str, sig: signal.Signals, min_step: int = 1) -> WorkerRun:
     """Start a job, send `sig` once it reports `event_type` at step >= min_step, and follow it to its end."""
     process = start_worker(jobs, job_id)

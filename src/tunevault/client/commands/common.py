@@ -32,6 +32,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def say_deleted(what: str, freed_bytes: int, destroyed_key_id: str, of: str = "") -> None:
+    """One wording for every delete: what went, the bytes freed, and the data key destroyed with it."""
+    key = f"; destroyed data key {destroyed_key_id}" if destroyed_key_id else ""
+    say(f"{what}: deleted {freed_bytes} bytes{of}{key}")
+
+
 def print_json(message: Any) -> None:
     data = MessageToDict(message, preserving_proto_field_name=True) if hasattr(message, "DESCRIPTOR") else message
     print(json.dumps(data, indent=2, sort_keys=True))

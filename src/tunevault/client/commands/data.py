@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from tunevault.client import privacy_report
-from tunevault.client.commands.common import DATA_FORMATS, AddCommand, check_file, connect, print_json, say
+from tunevault.client.commands.common import DATA_FORMATS, AddCommand, check_file, connect, print_json, say, say_deleted
 
 REPORT_FILES = ("metrics.json", "report.md", "loss_curve.png")
 
@@ -30,8 +30,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_delete_dataset(args: argparse.Namespace) -> int:
     with connect(args) as client:
         response = client.delete_dataset(args.dataset)
-    say(f"dataset {response.dataset.id}: deleted {response.freed_bytes} bytes"
-        + (f"; destroyed data key {response.destroyed_key_id}" if response.destroyed_key_id else ""))
+    say_deleted(f"dataset {response.dataset.id}", response.freed_bytes, response.destroyed_key_id)
     return 0
 
 

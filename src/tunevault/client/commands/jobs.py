@@ -7,7 +7,9 @@ import json
 
 from google.protobuf.json_format import MessageToDict
 
-from tunevault.client.commands.common import AddCommand, Handler, connect, messages_json, print_json, say, state_name
+from tunevault.client.commands.common import (
+    AddCommand, Handler, connect, messages_json, print_json, say, say_deleted, state_name,
+)
 from tunevault.client.watch import watch_job
 from tunevault.v1 import tunevault_pb2 as pb
 
@@ -94,8 +96,8 @@ cmd_cancel, cmd_pause, cmd_resume = _job_action("cancel_job"), _job_action("paus
 def cmd_delete(args: argparse.Namespace) -> int:
     with connect(args) as client:
         response = client.delete_job(args.job)
-    say(f"job {response.job.id}: deleted {response.freed_bytes} bytes of artifacts and checkpoints"
-        + (f"; destroyed data key {response.destroyed_key_id}" if response.destroyed_key_id else ""))
+    say_deleted(f"job {response.job.id}", response.freed_bytes, response.destroyed_key_id,
+                of=" of artifacts and checkpoints")
     return 0
 
 
