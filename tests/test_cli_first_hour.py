@@ -207,3 +207,23 @@ def test_a_refused_token_says_where_it_came_from(appliance: RunningServer, given
     assert run.returncode == 2 and "UNAUTHENTICATED" in run.stderr
     assert "refused" in run.stderr and ("--token" if given == "flag" else "TUNEVAULT_TOKEN") in run.stderr
     assert "--token" in run.stderr and "TUNEVAULT_TOKEN" in run.stderr
+
+
+# Deleting -------------------------------------------------------------------------
+
+def _ok(appliance: RunningServer, token: str, *args: str) -> str:
+    done = tunevault(*args, "--address", appliance.address, "--token", token)
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def test_delete_dataset_and_delete_job_say_what_they_freed(appliance: RunningServer, tenant_token: str,
+                                                           data_file: Path) -> None:
+    dataset = _ok(appliance, tenant_token, "upload", str(data_file)).split()[0]
+    job = _ok(appliance, tenant_token, "submit", str(data_file), "--base-model", "tiny-llama",
+               "--not-before", HOLD).split()[0]
+    _ok(appliance, tenant_token, "cancel", job)
+    assert re.search(rf"job {job}: deleted \d+ bytes of artifacts and checkpoints", _ok(appliance, tenant_token,
+                                                                                        "delete", job))
+    said = _ok(appliance, tenant_token, "delete-dataset", dataset)
+    assert re.search(rf"dataset {dataset}: deleted [1-9]\d* bytes", said), said
