@@ -18,6 +18,9 @@ drugs, lab values, scores, statutes, published case citations, ages under 90, ba
     blind_contracts  0.680 / 0.562 / 0.558   (146 rows, 276 entities)
     blind_chat       0.777 / 0.403 / 0.420   (139 rows, 181 entities)
     blind_discharge  0.728 / 0.605 / 0.621   (134 rows, 248 entities)
+- pii_blind_{intake,casework}.jsonl (sets blind_intake, blind_casework): a second blind round written
+  on 2026-12-05 (clinic intake, triage, pharmacy and lab messages; legal casework), built by
+  data/build_pii_blind2.py; not yet scored (README_pii_sets.md).
 
 Matching rule (the headline figures): a finding matches a labelled entity when the TYPE IS THE
 SAME and their character spans overlap with intersection-over-union >= 0.5; each entity matches
@@ -60,6 +63,9 @@ SETS = {"main": DATA / "pii_eval.jsonl", "holdout": DATA / "pii_eval_holdout.jso
 # Written blind on 2026-12-04 (bench/data/README_pii_sets.md); built from pii_blind_src/ by build_pii_blind.py.
 BLIND = ("email", "contracts", "chat", "discharge")
 SETS.update({f"blind_{name}": DATA / f"pii_blind_{name}.jsonl" for name in BLIND})
+# Second blind round, written 2026-12-05 (same README); built from pii_blind2_src/ by build_pii_blind2.py.
+BLIND2 = ("intake", "casework")
+SETS.update({f"blind_{name}": DATA / f"pii_blind_{name}.jsonl" for name in BLIND2})
 
 
 def load(path: Path) -> list[dict]:
