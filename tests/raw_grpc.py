@@ -23,15 +23,17 @@ METHODS: list[tuple[str, bool, bool]] = [
     ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True, True),
 ]
-HANDLED = re.compile(r'^grpc_server_handled_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
+HANDLED = re.compile(r'^grpc_server_handled_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.MULTILINE)
 
 
 def raw_call(channel: grpc.Channel, path: str, client_streaming: bool, server_streaming: bool,
-             payloads: Iterable[bytes], metadata: Metadata = (), timeout: float = 30) -> tuple[grpc.StatusCode, str]:
+             payloads: Iterable[bytes], metadata: Metadata = (), timeout: float = 30,
+             ) -> tuple[grpc.StatusCode, str]:
     """Sends `payloads` as they are (one for a unary request); returns the status code and details."""
     payloads = list(payloads)
-    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
-            (True, False): channel.stream_unary, (True, True): channel.stream_stream}[client_streaming, server_streaming]
+    kinds = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+             (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+    kind = kinds[client_streaming, server_streaming]
     call = kind(path, request_serializer=None, response_deserializer=None)
     request = iter(payloads) if client_streaming else (payloads[0] if payloads else b"")
     try:

@@ -15,7 +15,6 @@ import grpc
 import pytest
 
 from tests.conftest import RunningServer, wait_for_state
-from tunevault.v1 import tunevault_pb2 as pb
 
 MARKER = "Qz9ROWSECRET"
 M = MARKER

@@ -28,9 +28,7 @@ def _parse_one(parse: Parse, name: str, raw: bytes, context: grpc.ServicerContex
     try:
         return parse(raw)
     except Exception:  # noqa: BLE001 - DecodeError, or whatever a custom deserializer raises
-        pass
-    # Outside the except block: the status is ours, not a chained traceback.
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name} message")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name} message")
 
 
 def _parse_each(parse: Parse, name: str, raws: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tunevault.server.api import convert, pagination
@@ -64,7 +65,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             self._audit_if_cross_tenant(error, lambda: self.store.get_dataset(dataset_id), dataset_id=dataset_id)
             raise
 
-    def _audit_if_cross_tenant(self, error: NotFound, unscoped_lookup, **ids: str) -> None:
+    def _audit_if_cross_tenant(self, error: NotFound, unscoped_lookup: Callable[[], object], **ids: str) -> None:
         """A caller reaching for another tenant's row still gets NOT_FOUND, but the attempt is audited."""
         principal = current_principal()
         if principal.scope is None:

@@ -31,9 +31,9 @@ from tunevault.server.contract.chat_data import (
     MAX_LINE_BYTES,
     ChatRow,
     DatasetError,
-    describe_keys,
     FieldError,
     Message,
+    describe_keys,
     parse_chat_record,
 )
 from tunevault.server.privacy.sealing.encryption import is_decrypting, open_plain
@@ -198,7 +198,8 @@ class RowParser:
         found = detect_row_format(fields)
         if self.data_format is None:
             if found is None:
-                raise FieldError("row", f"cannot tell the format from its {len(fields)} key(s): expected {KNOWN_SHAPES}")
+                raise FieldError("row", f"cannot tell the format from its {len(fields)} key(s): "
+                                        f"expected {KNOWN_SHAPES}")
             self.data_format, self.decided_by = found, where
         elif self.requested is None and found not in (None, self.data_format):
             expected = FORMATS[self.data_format]
