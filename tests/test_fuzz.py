@@ -1,6 +1,9 @@
 """Hostile input against a live server: no INTERNAL or UNKNOWN, the server stays up, nothing stored changes.
 
-Hypothesis generates thousands of random and mutated requests (fixed seed, bounded count).
+Hypothesis generates thousands of random and mutated requests (fixed seed, bounded count);
+below the stubs, a seeded generator sends malformed bytes to every method path and abandons
+uploads part-way (cancelled, timed out), checking the client's codes, the server's
+grpc_server_handled_total and its log.
 The server runs with no worker slots, so accepted jobs queue instead of training.
 """
 
@@ -8,6 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import start_server, wait_for_state
+from tests.raw_grpc import METHODS, TUNEVAULT, handled_codes, raw_call
 from tests.sealed import read_plain
 from tunevault.client import Client
 from tunevault.v1 import tunevault_pb2 as pb
@@ -161,3 +170,128 @@ def test_server_is_up_and_stored_data_unchanged_after_the_fuzz(live) -> None:
     assert hashlib.sha256(stored).hexdigest() == dataset.sha256
     assert client.get_job(job_id).state == pb.JOB_STATE_QUEUED
     assert "bug while serving" not in server.log()
+
+
+# Below the stubs: malformed bytes to every method, and streams abandoned part-way --------
+
+ROUNDS_PER_METHOD = 90  # x 24 method paths, plus the stream cases: over 2,000 malformed requests
+STREAM_CASES = 60
+BUGS = {"INTERNAL", "UNKNOWN"}
+
+
+def _rich_request(path: str) -> bytes:
+    """A well-formed request for the method, every string field set, as raw material to break."""
+    service, _, name = path.lstrip("/").rpartition("/")
+    if service != TUNEVAULT.full_name:
+        return b"\x3a\x00"  # reflection's list_services="" (health ignores the unknown field)
+    message = getattr(pb, TUNEVAULT.methods_by_name[name].input_type.name)()
+    if name == "UploadDataset":
+        message.metadata.name = "fuzz.jsonl"
+    for field in message.DESCRIPTOR.fields:
+        if field.type == field.TYPE_STRING and not field.is_repeated:
+            setattr(message, field.name, "x" * 12)
+    return message.SerializeToString()
+
+
+def _malformed(rng: random.Random, valid: bytes) -> bytes:
+    """Raw bytes, a truncated or corrupted message, an overlong length, a wrong wire type or bad UTF-8."""
+    choice = rng.randrange(8)
+    if choice == 0:
+        return rng.randbytes(rng.randrange(1, 64))
+    if choice == 1 and len(valid) > 1:
+        return valid[:rng.randrange(1, len(valid))]
+    if choice == 2 and valid:
+        at = rng.randrange(len(valid))
+        return valid[:at] + bytes([valid[at] ^ (1 << rng.randrange(8))]) + valid[at + 1:]
+    if choice == 3:
+        return b"\x0a\x7f" + b"short"  # field 1 claims 127 bytes, 5 follow
+    if choice == 4:
+        return b"\x0d" + rng.randbytes(4)  # field 1 as fixed32 where the type says string
+    if choice == 5:
+        return b"\x0a\x04\xff\xfe\xfd\xfc"  # field 1 is not UTF-8
+    if choice == 6:
+        return b"\x0b" + rng.randbytes(3)  # a group that never ends
+    return valid + b"\xff" * rng.randrange(1, 8)
+
+
+def _stalled(first: bytes, gate: threading.Event, chunks: int):
+    yield first
+    for _ in range(chunks):
+        yield pb.UploadDatasetRequest(chunk=json.dumps(GOOD).encode() + b"\n").SerializeToString()
+    gate.wait()
+
+
+def _abandoned_stream(channel: grpc.Channel, md, rng: random.Random, gate: threading.Event) -> str:
+    """An upload cancelled or timed out part-way, or an events stream cancelled mid-follow."""
+    metadata = pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name="stalled")).SerializeToString()
+    upload = channel.stream_unary(f"/{TUNEVAULT.full_name}/UploadDataset", request_serializer=None,
+                                  response_deserializer=None)
+    case = rng.randrange(3)
+    try:
+        if case == 0:  # the client stops sending and its deadline passes
+            upload(_stalled(metadata, gate, rng.randrange(3)), metadata=md, timeout=rng.uniform(0.2, 1.0))
+        else:
+            if case == 1:
+                call = upload.future(_stalled(metadata, gate, rng.randrange(3)), metadata=md)
+            else:
+                follow = channel.unary_stream(f"/{TUNEVAULT.full_name}/StreamJobEvents", request_serializer=None,
+                                              response_deserializer=None)
+                call = follow(pb.StreamJobEventsRequest(job_id=_LIVE_JOB[0]).SerializeToString(), metadata=md)
+            time.sleep(rng.uniform(0, 0.3))
+            call.cancel()
+            if case == 1:
+                call.exception()
+            else:
+                for _ in call:
+                    pass
+        return "OK"
+    except grpc.FutureCancelledError:
+        return "CANCELLED"
+    except grpc.RpcError as error:
+        return error.code().name
+
+
+_LIVE_JOB: list[str] = []
+
+
+def test_malformed_bytes_and_abandoned_streams_never_break_the_server(live) -> None:
+    server, client, _, job_id = live
+    _LIVE_JOB[:] = [job_id]
+    rng = random.Random(26)
+    md = list(client._metadata)
+    calls = []
+    for path, client_streaming, server_streaming in METHODS:
+        valid = _rich_request(path)
+        for _ in range(ROUNDS_PER_METHOD):
+            payloads = [_malformed(rng, valid)]
+            if client_streaming and rng.random() < 0.5:  # a good first message, then a bad one
+                payloads = [valid, *payloads]
+            authorised = md if rng.random() < 0.9 else []
+            calls.append((path, client_streaming, server_streaming, payloads, authorised))
+    seen: Counter = Counter()
+    gate = threading.Event()
+    try:
+        with grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(8) as pool:
+            for code, _ in pool.map(lambda c: raw_call(channel, *c), calls):
+                seen[code.name] += 1
+            streams = [random.Random(rng.random()) for _ in range(STREAM_CASES)]
+            for code in pool.map(lambda r: _abandoned_stream(channel, md, r, gate), streams):
+                seen[code] += 1
+    finally:
+        gate.set()
+    print(f"\nmalformed requests sent: {len(calls) + STREAM_CASES}; codes seen by the client: {dict(seen)}")
+    assert len(calls) + STREAM_CASES >= 2000
+    assert not BUGS & set(seen), seen
+    counted = handled_codes(server)
+    print(f"grpc_server_handled_total by code: {dict(Counter({k[1]: 0 for k in counted}) + _by_code(counted))}")
+    assert not [key for key in counted if key[1] in BUGS], counted
+    errors = [line for line in server.log().splitlines() if '"level": "error"' in line or "Traceback" in line]
+    assert errors == []
+    assert client.health() == "SERVING" and server.process.poll() is None
+
+
+def _by_code(counted: Counter) -> Counter:
+    totals: Counter = Counter()
+    for (_, code), value in counted.items():
+        totals[code] += int(value)
+    return totals

@@ -56,3 +56,16 @@ def test_privacy_report_states_what_went_in_and_what_came_out(server: RunningSer
     # Counts and hashes only: no value of the data is in either form of the report.
     for value in ("Okafor", "004821", "03/14/2025"):
         assert value not in run.stdout and value not in text.stdout
+
+
+def _pii_line(pii: int) -> str:
+    from tunevault.client import privacy_report
+
+    job = pb.Job(id="job_x", state=pb.JOB_STATE_SUCCEEDED, pii=pii)
+    report = privacy_report.build(job, [], [], retention_days=30)
+    return next(line for line in privacy_report.render(report).splitlines() if line.startswith("- PII"))
+
+
+def test_pii_mode_off_says_not_scanned_rather_than_none_found() -> None:
+    assert _pii_line(pb.PII_MODE_OFF) == "- PII: mode off; not scanned"
+    assert _pii_line(pb.PII_MODE_REDACT) == "- PII: mode redact; none found"  # scanned, and clean

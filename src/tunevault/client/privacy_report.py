@@ -37,8 +37,10 @@ def _pii(job: pb.Job, events: list[pb.JobEvent]) -> dict[str, Any]:
             if name.startswith(PII_PREFIX) and name not in ("pii_total", "pii_rows_affected"):
                 kind = name.removeprefix(PII_PREFIX).upper()
                 counts[kind] = counts.get(kind, 0) + int(value)
-    return {"mode": pb.PiiMode.Name(job.pii).removeprefix("PII_MODE_").lower(), "found_by_type": counts,
-            "found_total": sum(counts.values())}
+    mode = pb.PiiMode.Name(job.pii).removeprefix("PII_MODE_").lower()
+    # With PII mode off nothing looked at the data: "none found" would claim a scan that never ran.
+    scanned = job.pii not in (pb.PII_MODE_OFF, pb.PII_MODE_UNSPECIFIED)
+    return {"mode": mode, "scanned": scanned, "found_by_type": counts, "found_total": sum(counts.values())}
 
 
 def _dp(job: pb.Job) -> dict[str, Any] | str:
@@ -115,6 +117,7 @@ def render(report: dict[str, Any]) -> str:
                      f"sealed under key {d['encryption_key_id'] or 'none'}")
     pii = report["pii"]
     found = ", ".join(f"{k} {v}" for k, v in sorted(pii["found_by_type"].items())) or "none found"
+    found = found if pii["scanned"] else "not scanned"
     lines.append(f"- PII: mode {pii['mode']}; {found}")
     dp = report["differential_privacy"]
     lines.append("- differential privacy: none" if dp == "none" else

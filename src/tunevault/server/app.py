@@ -11,10 +11,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from tunevault.server import logs
+from tunevault.server.api import reflection
 from tunevault.server.api.auth import AuthInterceptor, TokenBuckets, bootstrap_admin_token
+from tunevault.server.api.decoding import DecodeInterceptor
 from tunevault.server.api.errors import ErrorInterceptor
 from tunevault.server.api.metrics_interceptor import MetricsInterceptor
 from tunevault.server.api.servicer import TuneVaultServicer, add_to_server
@@ -71,17 +72,17 @@ class App:
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
+        # Outermost first. DecodeInterceptor is innermost, so a malformed message is parsed (and
+        # refused) inside the call, where the metrics and error interceptors see it.
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
                                        interceptors=[MetricsInterceptor(self.metrics), ErrorInterceptor(),
-                                                     AuthInterceptor(self.store, buckets)],
+                                                     AuthInterceptor(self.store, buckets), DecodeInterceptor()],
                                        options=options)
         servicer = TuneVaultServicer(config, self.store, self.scheduler, self.inference, app_version())
         add_to_server(servicer, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc_server,
-        )
+        reflection.enable((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                          self.grpc_server)
         self.port = 0
 
     def _audit_outcome(self, job) -> None:

@@ -110,7 +110,7 @@ def _chat_row_problem(row: object) -> tuple[str, str] | None:
         if not isinstance(message, dict):
             return where, "must be an object with role and content"
         if message.get("role") not in ROLES:
-            return f"{where}.role", f"must be one of {', '.join(ROLES)} (got {message.get('role')!r})"
+            return f"{where}.role", f"must be one of {', '.join(ROLES)}"
         if not isinstance(message.get("content"), str):
             return f"{where}.content", "must be a string"
         if "weight" in message and message["weight"] not in (0, 1):

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from tunevault.server import logs
+from tunevault.server.api.denials import record_denial
 from tunevault.server.api.handlers import wrap
 from tunevault.server.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from tunevault.server.store import Store
@@ -59,6 +60,8 @@ class Principal:
 
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+# (method, peer) of the call being served, for audit entries written further in.
+_call_site: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("call_site", default=("", "unknown"))
 
 
 def current_principal() -> Principal:
@@ -66,6 +69,11 @@ def current_principal() -> Principal:
     if principal is None:  # the interceptor always sets it; this is a wiring bug
         raise RuntimeError("no authenticated principal for this call")
     return principal
+
+
+def current_call_site() -> tuple[str, str]:
+    """The method name and peer address of the call being served."""
+    return _call_site.get()
 
 
 def hash_token(secret: str) -> str:
@@ -119,19 +127,35 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.store = store
         self.buckets = buckets
 
-    def _authenticate(self, method: str, context: grpc.ServicerContext) -> Principal:
-        header = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, secret = header.partition(" ")
+    def _identify(self, context: grpc.ServicerContext) -> Principal:
+        """The principal whose token the call carries; Unauthenticated without exactly one good one."""
+        headers = [value for key, value in (context.invocation_metadata() or ()) if key == "authorization"]
+        if len(headers) > 1:
+            # Two proxies or a header injection: which one wins must not be our silent choice.
+            raise Unauthenticated(f"metadata 'authorization' appears {len(headers)} times; send exactly one")
+        scheme, _, secret = (headers[0] if headers else "").partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')")
         token = self.store.find_token(hash_token(secret.strip()))
         if token is None:
             raise Unauthenticated("unknown or revoked token")
-        principal = Principal(token_id=token.id, tenant=token.tenant, role=token.role)
+        return Principal(token_id=token.id, tenant=token.tenant, role=token.role)
+
+    @staticmethod
+    def _authorize(method: str, principal: Principal) -> None:
         needed = METHOD_ROLE.get(method, "admin")
         if ROLES.index(principal.role) < ROLES.index(needed):
             raise PermissionDenied(f"{method} needs the {needed} role; this token is {principal.role}")
-        if not self.buckets.take(token.id):
+
+    def _authenticate(self, method: str, context: grpc.ServicerContext) -> Principal:
+        principal = None
+        try:
+            principal = self._identify(context)
+            self._authorize(method, principal)
+        except (Unauthenticated, PermissionDenied) as error:
+            record_denial(self.store, *current_call_site(), error, principal)
+            raise
+        if not self.buckets.take(principal.token_id):
             raise ResourceExhausted(f"rate limit exceeded: rate_limit_per_second={self.buckets.rate:g}")
         return principal
 
@@ -143,6 +167,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         def enter(context: grpc.ServicerContext) -> None:
             # A refusal is a domain error: the ErrorInterceptor outside maps it to its code.
+            _call_site.set((method, context.peer() or "unknown"))
             principal = self._authenticate(method, context)
             _principal.set(principal)
             logs.tenant.set(principal.tenant)

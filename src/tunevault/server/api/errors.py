@@ -29,16 +29,39 @@ STATUS_OF: dict[type[errors.TuneVaultError], grpc.StatusCode] = {
 }
 
 
+# A status message travels in an HTTP/2 trailer: one of tens of KB ends the stream
+# ("Stream removed") instead of reaching the client, so a longer one is cut.
+MAX_DETAILS_CHARS = 1000
+
+
+def bounded_details(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return message[:MAX_DETAILS_CHARS] + " ... (cut)"
+
+
 def abort(context: grpc.ServicerContext, error: Exception) -> None:
     """Ends the call with the error's status; INTERNAL (and a logged traceback) for a bug."""
     if context.code() not in (None, grpc.StatusCode.OK):
         raise error  # already aborted further in; that exception is gRPC's own signal
+    if isinstance(error, grpc.RpcError) and not context.is_active():
+        # The client cancelled, or its deadline passed, while we read its stream: gRPC's own
+        # signal, re-raised as is so that gRPC ends the call quietly. Ordinary, not a bug.
+        log.info("client went away: %s", gone_code(context).name)
+        raise error
     if isinstance(error, errors.TuneVaultError):
         code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
-        log.info("-> %s: %s", code.name, error)
-        context.abort(code, str(error))
+        details = bounded_details(str(error))
+        log.info("-> %s: %s", code.name, details)
+        context.abort(code, details)
     log.error("bug while serving a request", exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {logs.request_id.get()})")
+
+
+def gone_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """Why a call whose client went away ended: its deadline passed, or it was cancelled."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
 def _start_request(context: grpc.ServicerContext) -> None:

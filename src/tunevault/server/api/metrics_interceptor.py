@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from tunevault.server.api.errors import gone_code
 from tunevault.server.api.handlers import kind, wrap
 from tunevault.server.metrics import Metrics
 
@@ -15,7 +16,8 @@ from tunevault.server.metrics import Metrics
 def _code_name(context: grpc.ServicerContext) -> str:
     code = context.code()
     if code is None:
-        return "OK"
+        # No status set and the client gone: cancelled or timed out, as go-grpc-prometheus counts it.
+        return "OK" if context.is_active() else gone_code(context).name
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 

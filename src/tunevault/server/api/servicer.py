@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tunevault.server.api import convert, pagination
 from tunevault.server.api import validation as check
-from tunevault.server.api.auth import check_tenant_name, current_principal, hash_token, new_secret
+from tunevault.server.api.auth import check_tenant_name, current_call_site, current_principal, hash_token, new_secret
+from tunevault.server.api.denials import record_denial
 from tunevault.server.api.uploads import receive_dataset
 from tunevault.server.artifacts import ARCHIVE_NAME, archive_size, read_chunks, sha256_of
 from tunevault.server.config import ServerConfig
@@ -48,7 +50,31 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                                                          concurrent_jobs=config.max_concurrent_jobs)
 
     def _job(self, job_id: str) -> JobRecord:
-        return self.store.get_job(check.required_id("job_id", job_id), tenant=current_principal().scope)
+        job_id = check.required_id("job_id", job_id)
+        try:
+            return self.store.get_job(job_id, tenant=current_principal().scope)
+        except NotFound as error:
+            self._audit_if_cross_tenant(error, lambda: self.store.get_job(job_id), job_id=job_id)
+            raise
+
+    def _dataset(self, field: str, dataset_id: str) -> DatasetRecord:
+        dataset_id = check.required_id(field, dataset_id)
+        try:
+            return self.store.get_dataset(dataset_id, tenant=current_principal().scope)
+        except NotFound as error:
+            self._audit_if_cross_tenant(error, lambda: self.store.get_dataset(dataset_id), dataset_id=dataset_id)
+            raise
+
+    def _audit_if_cross_tenant(self, error: NotFound, unscoped_lookup: Callable[[], object], **ids: str) -> None:
+        """A caller reaching for another tenant's row still gets NOT_FOUND, but the attempt is audited."""
+        principal = current_principal()
+        if principal.scope is None:
+            return
+        try:
+            unscoped_lookup()
+        except NotFound:
+            return  # it exists nowhere: an ordinary miss
+        record_denial(self.store, *current_call_site(), error, principal, action="denied.cross_tenant", **ids)
 
     def _audit(self, action: str, *, tenant: str | None = None, job_id: str | None = None,
                dataset_id: str | None = None, **details) -> None:
@@ -79,9 +105,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
 
     def GetDataset(self, request, context):
-        dataset_id = check.required_id("dataset_id", request.dataset_id)
-        return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(
-            self.store.get_dataset(dataset_id, tenant=current_principal().scope)))
+        return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(self._dataset("dataset_id", request.dataset_id)))
 
     def ListDatasets(self, request, context):
         size = pagination.page_size(request.page_size)
@@ -92,8 +116,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                                        next_page_token=token)
 
     def DeleteDataset(self, request, context):
-        dataset = self.store.get_dataset(check.required_id("dataset_id", request.dataset_id),
-                                         tenant=current_principal().scope)
+        dataset = self._dataset("dataset_id", request.dataset_id)
         deleted = self.store.delete_dataset(dataset.id)  # FAILED_PRECONDITION while a job needs it
         # Key first: from this moment every copy of the file, backups included, is undecryptable.
         key_id = default_store().shred("dataset", dataset.id)
@@ -109,10 +132,9 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
 
     def CreateJob(self, request, context):
         principal = current_principal()
-        dataset = self.store.get_dataset(check.required_id("dataset_id", request.dataset_id), tenant=principal.scope)
+        dataset = self._dataset("dataset_id", request.dataset_id)
         if request.validation_dataset_id:
-            validation = self.store.get_dataset(check.required_id("validation_dataset_id", request.validation_dataset_id),
-                                                tenant=principal.scope)
+            validation = self._dataset("validation_dataset_id", request.validation_dataset_id)
             if validation.tenant != dataset.tenant:
                 raise InvalidArgument("validation_dataset_id", "must belong to the same tenant as dataset_id")
         model = find_model(self.config.resolved_models_dir, request.base_model)

@@ -16,6 +16,19 @@ MAX_LINE_BYTES = 1 << 20  # a 1 MiB row is a mistake, not a training example
 
 
 
+MAX_NAMED_KEY_CHARS = 32
+
+
+def describe_keys(keys: object) -> str:
+    """Unsupported keys for an error: a key that looks like a field name is named (it is the
+    field at fault); any other is only counted, since it is likely row content (a headerless
+    CSV's first row, a value used as a key)."""
+    names = sorted(str(k) for k in keys if str(k).isidentifier() and len(str(k)) <= MAX_NAMED_KEY_CHARS)
+    others = sum(1 for _ in keys) - len(names)
+    parts = names + ([f"{others} other key(s) (not shown)"] if others else [])
+    return ", ".join(parts)
+
+
 class DatasetError(ValueError):
     """The dataset is unusable; the message names the file line when one is to blame."""
 
@@ -59,10 +72,11 @@ def _parse_message(index: int, raw: object) -> Message:
         raise FieldError(where, "must be an object")
     unknown = set(raw) - MESSAGE_KEYS
     if unknown:
-        raise FieldError(where, f"unsupported key(s) {', '.join(sorted(map(str, unknown)))}")
+        raise FieldError(where, f"unsupported key(s) {describe_keys(unknown)}")
     role, content = raw.get("role"), raw.get("content")
     if role not in ROLES:
-        raise FieldError(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+        got = "another string" if isinstance(role, str) else f"a {type(role).__name__}"
+        raise FieldError(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {got}")
     if not isinstance(content, str):
         raise FieldError(f"{where}.content", "must be a string")
     weight = raw.get("weight", 1)
@@ -95,7 +109,7 @@ def parse_chat_record(record: dict[str, object], line_number: int) -> ChatRow:
         raise FieldError("messages", 'missing: a chat row is {"messages": [...]}')
     unknown = set(record) - {"messages"}
     if unknown:
-        raise FieldError("row", f"unsupported key(s) {', '.join(sorted(map(str, unknown)))}")
+        raise FieldError("row", f"unsupported key(s) {describe_keys(unknown)}")
     raw_messages = record["messages"]
     if not isinstance(raw_messages, list) or not raw_messages:
         raise FieldError("messages", "must be a non-empty list")

@@ -33,6 +33,7 @@ from tunevault.server.contract.chat_data import (
     DatasetError,
     FieldError,
     Message,
+    describe_keys,
     parse_chat_record,
 )
 from tunevault.server.privacy.sealing.encryption import is_decrypting, open_plain
@@ -151,9 +152,9 @@ def _check_keys(record: dict[str, object], fmt: RowFormat) -> None:
     missing = [k for k in fmt.required if record.get(k) is None]
     if missing:
         raise FieldError(missing[0], f"missing; the {fmt.name} format has {fmt.shape}")
-    unknown = sorted(str(k) for k in record if k not in fmt.fields)
+    unknown = [k for k in record if k not in fmt.fields]
     if unknown:
-        raise FieldError("row", f"unsupported key(s) {', '.join(unknown)}; the {fmt.name} format has {fmt.shape}")
+        raise FieldError("row", f"unsupported key(s) {describe_keys(unknown)}; the {fmt.name} format has {fmt.shape}")
 
 
 def _instruction_row(record: dict[str, object], line_number: int) -> ChatRow:
@@ -197,8 +198,8 @@ class RowParser:
         found = detect_row_format(fields)
         if self.data_format is None:
             if found is None:
-                keys = ", ".join(sorted(map(str, fields))) or "none"
-                raise FieldError("row", f"cannot tell the format from its keys ({keys}): expected {KNOWN_SHAPES}")
+                raise FieldError("row", f"cannot tell the format from its {len(fields)} key(s): "
+                                        f"expected {KNOWN_SHAPES}")
             self.data_format, self.decided_by = found, where
         elif self.requested is None and found not in (None, self.data_format):
             expected = FORMATS[self.data_format]
@@ -312,9 +313,9 @@ def _columns_format(columns: list[str], requested: str | None, kind: str) -> str
     where = "header" if kind == "csv" else "columns"
     name = requested or detect_row_format(columns)
     if name is None:
-        got = ", ".join(columns)[:200]
+        # Not the cells: in a headerless CSV this "header" is the first row of data.
         raise FieldError(where, f"neither a JSON object (JSONL) nor a header naming a known format's columns "
-                                f"({KNOWN_SHAPES}); got: {got}")
+                                f"({KNOWN_SHAPES}); got {len(columns)} cell(s) naming none of them")
     fmt = FORMATS[name]
     if not fmt.flat and kind == "csv":
         raise FieldError(where, "chat rows need JSONL or Parquet: a CSV cell cannot hold a list of messages")
@@ -325,7 +326,7 @@ def _columns_format(columns: list[str], requested: str | None, kind: str) -> str
         raise FieldError(where, f"missing column(s) {', '.join(missing)}; the {name} format has {fmt.shape}")
     unknown = [c for c in columns if c not in fmt.fields]
     if unknown:
-        raise FieldError(where, f"unsupported column(s) {', '.join(unknown)}; the {name} format has {fmt.shape}")
+        raise FieldError(where, f"unsupported column(s) {describe_keys(unknown)}; the {name} format has {fmt.shape}")
     return name
 
 
@@ -375,7 +376,8 @@ def _parquet_records(parquet: Any) -> Iterator[Record]:
                 number += 1
                 yield Record(number, _without_nulls(row))
     except (pa.ArrowException, OSError, ValueError) as error:
-        yield Record(number + 1, problem=FieldError("file", f"unreadable from here on ({error})"))
+        # The error's class, not its text: Arrow's conversion errors quote the cell.
+        yield Record(number + 1, problem=FieldError("file", f"unreadable from here on ({type(error).__name__})"))
 
 
 def _parquet_source(path: Path | BinaryIO, requested: str | None, stack: ExitStack) -> RecordSource:
@@ -388,7 +390,7 @@ def _parquet_source(path: Path | BinaryIO, requested: str | None, stack: ExitSta
         parquet = stack.enter_context(pq.ParquetFile(path))
         columns = list(parquet.schema_arrow.names)
     except (pa.ArrowException, OSError, ValueError) as error:
-        return _file_problem("parquet", FieldError("file", f"not a readable Parquet file ({error})"))
+        return _file_problem("parquet", FieldError("file", f"not a readable Parquet file ({type(error).__name__})"))
     try:
         return RecordSource("parquet", _parquet_records(parquet), _columns_format(columns, requested, "parquet"))
     except FieldError as error:

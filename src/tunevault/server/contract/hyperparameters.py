@@ -276,7 +276,7 @@ def _check_modules(name: str, value: Any) -> tuple[str, ...]:
         if not isinstance(item, str) or not item or len(item) > 128:
             raise HyperparameterError(name, f"module names must be non-empty strings, got {item!r}")
         if not all(c.isalnum() or c in "._-" for c in item):
-            raise HyperparameterError(name, f"module name {item!r} has characters other than letters, digits, '.', '_', '-'")
+            raise HyperparameterError(name, "a module name has characters other than letters, digits, '.', '_', '-'")
     return tuple(value)
 
 
@@ -313,7 +313,7 @@ def _check_value(name: str, value: Any, rule: Rule) -> Any:
         return _check_switch(name, value)
     if rule.kind is str:
         if value not in rule.choices:
-            raise HyperparameterError(name, f"must be one of {', '.join(rule.choices)}, got {value!r}")
+            raise HyperparameterError(name, f"must be one of {', '.join(rule.choices)}")
         return value
     return _check_number(name, value, rule)
 
