@@ -48,7 +48,7 @@ class Scheduler:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.executor = executor or LocalProcessExecutor(config.python, config.jobs_dir)
+        self.executor = executor or LocalProcessExecutor(config.python, config.jobs_dir, gpu_box=bool(config.gpus))
         self._workers: dict[str, WorkerProcess] = {}
         self._slots: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -118,12 +118,13 @@ class Scheduler:
         if now >= self._next_lease_check:
             self._next_lease_check = now + LEASE_CHECK_SECONDS
             self._rescue_expired_leases()
+            self._fail_jobs_too_big_for_the_box()
         self.validations.start_pending()
         if now >= self._next_retention_check and self.config.retention_days > 0:
             self._next_retention_check = now + RETENTION_CHECK_SECONDS
             self._apply_retention()
         while self._free_slot() is not None and not self._stopping.is_set():
-            job = self.store.claim_next_job(self.config.lease_seconds)
+            job = self.store.claim_next_job(self.config.lease_seconds, self.config.gpus)
             if job is None:
                 break
             self._launch(job)
@@ -156,6 +157,14 @@ class Scheduler:
             log.warning("job %s lost its worker (lease expired); recovering", job.id)
             self.store.recover_lost_worker(job, "its worker stopped heartbeating (lease expired)")
 
+    def _fail_jobs_too_big_for_the_box(self) -> None:
+        """A queued job needing more GPUs than this box has (it was queued before a restart with fewer)
+        could never start; it fails, naming the field, rather than wait for ever."""
+        for job in self.store.too_big_for(self.config.gpus):
+            self.store.record_failure(job.id, "FAILED_PRECONDITION",
+                                      f"gpus: the job needs {job.gpus} GPU(s); this server has {len(self.config.gpus)}",
+                                      retry_after=None)
+
     def _apply_retention(self) -> None:
         cutoff = time.time() - self.config.retention_days * 86400
         for job in self.store.finished_before(cutoff):
@@ -171,7 +180,7 @@ class Scheduler:
         assert slot is not None
         try:
             self._write_spec(job)
-            worker = self.executor.start(job.id)
+            worker = self.executor.start(job.id, job.devices)
         except Exception as error:  # noqa: BLE001 - a job that cannot start fails alone
             log.exception("could not start job %s", job.id)
             self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
@@ -181,7 +190,8 @@ class Scheduler:
             self._slots[job.id] = slot
         self.store.update_job(job.id, worker_pid=worker.process.pid)
         self.metrics.job_started(job, slot)
-        log.info("job %s started (attempt %d, pid %d, slot %d)", job.id, job.attempt, worker.process.pid, slot)
+        log.info("job %s started (attempt %d, pid %d, slot %d, GPUs %s)", job.id, job.attempt, worker.process.pid, slot,
+                 ",".join(map(str, job.devices)) or "none")
         threading.Thread(target=self._follow, args=(job, worker, slot), name=f"worker-{job.id}", daemon=True).start()
 
     def _write_spec(self, job: JobRecord) -> None:
