@@ -190,8 +190,9 @@ grpc:
 {{- if not $res -}}
 {{- $res = dict -}}
 {{- $gpu := .Values.gpu.resourceName -}}
-{{- with .Values.resources.requests }}{{ $_ := set $res "requests" (omit . $gpu) }}{{ end -}}
-{{- with .Values.resources.limits }}{{ $_ := set $res "limits" (omit . $gpu) }}{{ end -}}
+{{- $server := include "tunevault.resources" . | fromYaml -}}
+{{- with $server.requests }}{{ $_ := set $res "requests" (omit . $gpu) }}{{ end -}}
+{{- with $server.limits }}{{ $_ := set $res "limits" (omit . $gpu) }}{{ end -}}
 {{- end -}}
 {{- if $res -}}
 {{ toYaml $res }}
@@ -243,4 +244,28 @@ The single-replica rule and value types live in values.schema.json.
   mountPath: /tmp
 - name: home
   mountPath: /home/tunevault
+{{- end -}}
+
+{{/* Training workers in the pod: one per GPU, one on a CPU-only pod. */}}
+{{- define "tunevault.workers" -}}
+{{- max 1 (int .Values.gpu.count) -}}
+{{- end -}}
+
+{{/* CPU and memory of the server container: sizing.base + sizing.perGpu x workers, under what
+resources.requests / resources.limits set explicitly (those win). No GPUs here; the Deployment adds them. */}}
+{{- define "tunevault.resources" -}}
+{{- $n := int (include "tunevault.workers" .) -}}
+{{- $base := .Values.sizing.base -}}
+{{- $per := .Values.sizing.perGpu -}}
+{{- $requests := dict "cpu" (toString (add (int $base.cpu) (mul (int $per.cpu) $n))) "memory" (printf "%dGi" (add (int $base.memoryGi) (mul (int $per.memoryGi) $n))) -}}
+{{- $limits := dict "memory" (printf "%dGi" (add (int $base.memoryLimitGi) (mul (int $per.memoryLimitGi) $n))) -}}
+{{- $given := .Values.resources | default (dict) -}}
+{{- $requests = merge (deepCopy ($given.requests | default (dict))) $requests -}}
+{{- $limits = merge (deepCopy ($given.limits | default (dict))) $limits -}}
+{{ toYaml (dict "requests" $requests "limits" $limits) }}
+{{- end -}}
+
+{{/* Size of the memory-backed /dev/shm: shm.sizeLimit, else sizing.perGpu.shmGi per worker. */}}
+{{- define "tunevault.shmSize" -}}
+{{- .Values.shm.sizeLimit | default (printf "%dGi" (mul (int .Values.sizing.perGpu.shmGi) (int (include "tunevault.workers" .)))) -}}
 {{- end -}}
