@@ -49,6 +49,8 @@ class ServerConfig:
     # GPU indexes the scheduler hands to workers (CUDA_VISIBLE_DEVICES); empty: a CPU box, where
     # workers start as they always did. `serve --gpus` / TUNEVAULT_GPUS, else nvidia-smi -L.
     gpus: tuple[int, ...] = ()
+    # Where workers run: "local" processes, or "kubernetes" Jobs (scheduler/kubernetes.py, TUNEVAULT_K8S_*).
+    executor: str = "local"
     # A RUNNING job whose worker has not been heard from for this long is presumed dead.
     lease_seconds: float = 120.0
     # How long SIGTERM waits for in-flight RPCs and the worker's checkpoint before exiting.

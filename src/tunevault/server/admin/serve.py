@@ -22,7 +22,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         data_dir=data_dir, models_dir=args.models_dir.absolute() if args.models_dir else None,
         listen=args.listen, metrics_listen=args.metrics_listen,
-        max_concurrent_jobs=max_concurrent_jobs(args.max_concurrent_jobs, gpus), gpus=gpus,
+        max_concurrent_jobs=max_concurrent_jobs(args.max_concurrent_jobs, gpus), gpus=gpus, executor=args.executor,
         shutdown_grace_seconds=args.shutdown_grace,
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,
         lease_seconds=args.lease_seconds, retry_backoff_seconds=args.retry_backoff, retention_days=args.retention_days,

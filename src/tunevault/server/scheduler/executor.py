@@ -7,7 +7,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from tunevault.server.scheduler.devices import visible_devices
 from tunevault.server.scheduler.launch import worker_argv
@@ -36,6 +36,14 @@ class WorkerProcess:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
+
+
+class Executor(Protocol):
+    """What the scheduler needs of an executor: start a job's worker, or a job's validation step."""
+
+    def start(self, job_id: str, devices: tuple[int, ...] = ()) -> WorkerProcess: ...
+
+    def start_validation(self, job_id: str) -> WorkerProcess: ...
 
 
 class LocalProcessExecutor:

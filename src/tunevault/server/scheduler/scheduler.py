@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import stat
 import threading
@@ -22,7 +23,7 @@ from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
 from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.privacy.sealing.keys import default_store
-from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.executor import Executor, LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.scheduler.validation import JobValidations
@@ -44,11 +45,11 @@ class Scheduler:
     """Runs up to `max_concurrent_jobs` workers; one thread claims, one thread per worker reads."""
 
     def __init__(self, config: ServerConfig, store: Store, metrics: Metrics,
-                 executor: LocalProcessExecutor | None = None) -> None:
+                 executor: Executor | None = None) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.executor = executor or LocalProcessExecutor(config.python, config.jobs_dir, gpu_box=bool(config.gpus))
+        self.executor = executor or default_executor(config)
         self._workers: dict[str, WorkerProcess] = {}
         self._slots: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -318,6 +319,16 @@ class Scheduler:
         except FailedPrecondition:
             log.warning("job %s finished training but changed state meanwhile", job.id)
             return self.store.get_job(job.id)
+
+
+def default_executor(config: ServerConfig) -> Executor:
+    """Workers as local processes, or (`--executor kubernetes`) as Kubernetes Jobs configured by TUNEVAULT_K8S_*."""
+    local = LocalProcessExecutor(config.python, config.jobs_dir, gpu_box=bool(config.gpus))
+    if config.executor != "kubernetes":
+        return local
+    from tunevault.server.scheduler import kubernetes  # only a cluster deployment needs it
+
+    return kubernetes.KubernetesExecutor(kubernetes.settings_from_env(os.environ), local)
 
 
 def delete_job_files(job_dir: Path) -> int:
