@@ -36,6 +36,9 @@ VALUE_SETS: dict[str, dict | None] = {
     "gpu-2": {"gpu": {"count": 2, "nodeSelector": {"nvidia.com/gpu.present": "true"}}, "runtimeClassName": "nvidia"},
     "cpu-only": {"gpu": {"count": 0}},
     "gpu-4": {"gpu": {"count": 4}},
+    "cluster-executor": {"gpu": {"count": 0}, "clusterExecutor": {"enabled": True, "queueName": "gpu-queue", "gpuBudget": 8},
+                         "modelStore": {"existingClaim": "shared-models", "readOnly": True, "subPath": "hf"},
+                         "modelImport": {"enabled": False}},
     "gpu-4-pinned": {"gpu": {"count": 4}, "shm": {"sizeLimit": "12Gi"},
                      "resources": {"requests": {"memory": "64Gi"}, "limits": {"memory": "128Gi"}}},
     "tls-existing-secret": {"tls": {"enabled": True, "existingSecret": "tunevault-certs"}},
@@ -260,6 +263,34 @@ def test_memory_cpu_and_shm_scale_with_the_gpus(value_set):
     assert volumes(pod_spec(value_set))["dshm"]["emptyDir"]["sizeLimit"] == shm
 
 
+def test_cluster_executor_role_and_server_settings():
+    role, binding = one("cluster-executor", "Role"), one("cluster-executor", "RoleBinding")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules[(("batch",), ("jobs",))] >= {"create", "get", "watch", "delete"}
+    assert rules[(("",), ("pods/log",))] == {"get"}
+    assert all("*" not in verbs for verbs in rules.values()), "least privilege: no wildcard verbs"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    args, variables = server("cluster-executor")["args"], env(server("cluster-executor"))
+    assert args[args.index("--executor") + 1] == "kubernetes"
+    assert args[args.index("--gpus") + 1] == "0,1,2,3,4,5,6,7" and args[args.index("--max-concurrent-jobs") + 1] == "8"
+    assert variables["TUNEVAULT_K8S_QUEUE_NAME"] == "gpu-queue"
+    assert variables["TUNEVAULT_K8S_DATA_CLAIM"] == f"{FULLNAME}-data"
+    assert json.loads(variables["TUNEVAULT_K8S_CO_LOCATE_WITH"])["app.kubernetes.io/component"] == "server"
+    assert "Role" not in kinds("defaults") and "--executor" not in server("defaults")["args"]
+
+
+def test_cluster_settings_from_the_chart_build_valid_worker_jobs():
+    """The chart's TUNEVAULT_K8S_* become the executor's settings, and its worker Job validates strictly."""
+    from tunevault.server.scheduler.kubernetes import job_manifest, settings_from_env
+
+    settings = settings_from_env(env(server("cluster-executor")))
+    assert (settings.models_claim, settings.models_sub_path, settings.master_key_secret) == ("shared-models", "hf", FULLNAME)
+    manifest = job_manifest(settings, "job_01jx5kq3w2", 2)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
 def test_native_grpc_probes_and_patient_startup():
     container = server("defaults")
     liveness, readiness, startup = container["livenessProbe"], container["readinessProbe"], container["startupProbe"]
@@ -286,7 +317,9 @@ def test_restricted_security_context_everywhere(value_set):
     pods = [("server", pod_spec(value_set))]
     pods += [("test", d["spec"]) for d in manifests(value_set) if d["kind"] == "Pod"]
     for label, spec in pods:
-        assert spec["automountServiceAccountToken"] is False, label
+        # Only the cluster executor's server talks to the API server (through its Role, below).
+        expect_token = label == "server" and value_set == "cluster-executor"
+        assert spec["automountServiceAccountToken"] is expect_token, label
         pod_ctx = spec["securityContext"]
         assert pod_ctx["seccompProfile"] == RESTRICTED_SECCOMP
         assert pod_ctx["fsGroup"] == 10001

@@ -269,3 +269,35 @@ resources.requests / resources.limits set explicitly (those win). No GPUs here; 
 {{- define "tunevault.shmSize" -}}
 {{- .Values.shm.sizeLimit | default (printf "%dGi" (mul (int .Values.sizing.perGpu.shmGi) (int (include "tunevault.workers" .)))) -}}
 {{- end -}}
+
+{{/* TUNEVAULT_K8S_* for `serve --executor kubernetes` (scheduler/kubernetes.py settings_from_env). */}}
+{{- define "tunevault.clusterExecutorEnv" -}}
+- name: TUNEVAULT_K8S_NAMESPACE
+  value: {{ include "tunevault.namespace" . }}
+- name: TUNEVAULT_K8S_IMAGE
+  value: {{ include "tunevault.image" . }}
+- name: TUNEVAULT_K8S_DATA_CLAIM
+  value: {{ include "tunevault.dataClaimName" . }}
+{{- with .Values.modelStore.existingClaim }}
+- name: TUNEVAULT_K8S_MODELS_CLAIM
+  value: {{ . }}
+- name: TUNEVAULT_K8S_MODELS_SUB_PATH
+  value: {{ $.Values.modelStore.subPath | quote }}
+{{- end }}
+{{- with .Values.clusterExecutor.queueName }}
+- name: TUNEVAULT_K8S_QUEUE_NAME
+  value: {{ . }}
+{{- end }}
+{{- if .Values.encryption.enabled }}
+- name: TUNEVAULT_K8S_MASTER_KEY_SECRET
+  value: {{ include "tunevault.masterKeySecretName" . }}
+- name: TUNEVAULT_K8S_MASTER_KEY_SECRET_KEY
+  value: {{ .Values.encryption.existingSecretKey }}
+{{- end }}
+- name: TUNEVAULT_K8S_CO_LOCATE_WITH
+  value: {{ include "tunevault.selectorLabels" . | fromYaml | toJson | quote }}
+- name: TUNEVAULT_K8S_NODE_SELECTOR
+  value: {{ merge (dict) .Values.nodeSelector .Values.gpu.nodeSelector | toJson | quote }}
+- name: TUNEVAULT_K8S_TOLERATIONS
+  value: {{ .Values.gpu.tolerations | toJson | quote }}
+{{- end -}}

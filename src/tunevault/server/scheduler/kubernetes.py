@@ -45,10 +45,12 @@ class ClusterSettings:
     data_mount: Path = Path("/data")
     models_claim: str | None = None  # a separate, read-only model store, when the chart has one
     models_mount: Path = Path("/models")
+    models_sub_path: str = ""
     python: str = "python"
     gpu_resource: str = "nvidia.com/gpu"
     queue_name: str | None = None  # a Kueue LocalQueue: created suspended, admitted by Kueue
-    master_key_secret: str | None = None  # Secret with key `master-key`: the worker reads sealed data
+    master_key_secret: str | None = None  # the Secret holding the master key: the worker reads sealed data
+    master_key_secret_key: str = "master-key"
     # The data volume is ReadWriteOnce (SQLite must not sit on a network file system), so worker pods
     # must share the server's node: a required pod affinity to these labels (empty: no affinity).
     co_locate_with: dict[str, str] = field(default_factory=dict)
@@ -121,7 +123,8 @@ def _container(settings: ClusterSettings, job_id: str, gpus: int) -> dict[str, A
     mounts = [{"name": "data", "mountPath": str(settings.data_mount)}, {"name": "dshm", "mountPath": "/dev/shm"},
               {"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/tunevault"}]
     if settings.models_claim:
-        mounts.append({"name": "models", "mountPath": str(settings.models_mount), "readOnly": True})
+        mounts.append({"name": "models", "mountPath": str(settings.models_mount), "readOnly": True,
+                       **({"subPath": settings.models_sub_path} if settings.models_sub_path else {})})
     if settings.master_key_secret:
         mounts.append({"name": "secrets", "mountPath": "/etc/tunevault/secrets", "readOnly": True})
     return {
@@ -147,7 +150,7 @@ def _volumes(settings: ClusterSettings, gpus: int) -> list[dict[str, Any]]:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": settings.models_claim, "readOnly": True}})
     if settings.master_key_secret:
         volumes.append({"name": "secrets", "secret": {"secretName": settings.master_key_secret, "defaultMode": 0o440,
-                                                      "items": [{"key": "master-key", "path": "master-key"}]}})
+                                                      "items": [{"key": settings.master_key_secret_key, "path": "master-key"}]}})
     return volumes
 
 
@@ -225,9 +228,10 @@ def settings_from_env(environ: Mapping[str, str]) -> ClusterSettings:
     return ClusterSettings(
         namespace=get("NAMESPACE"), image=get("IMAGE"), data_claim=get("DATA_CLAIM"),
         data_mount=Path(get("DATA_MOUNT", "/data")), models_claim=get("MODELS_CLAIM") or None,
-        models_mount=Path(get("MODELS_MOUNT", "/models")), python=get("PYTHON", "python"),
+        models_mount=Path(get("MODELS_MOUNT", "/models")), models_sub_path=get("MODELS_SUB_PATH"), python=get("PYTHON", "python"),
         gpu_resource=get("GPU_RESOURCE", "nvidia.com/gpu"), queue_name=get("QUEUE_NAME") or None,
         master_key_secret=get("MASTER_KEY_SECRET") or None,
+        master_key_secret_key=get("MASTER_KEY_SECRET_KEY", "master-key"),
         co_locate_with=json.loads(get("CO_LOCATE_WITH", "{}")), node_selector=json.loads(get("NODE_SELECTOR", "{}")),
         tolerations=tuple(json.loads(get("TOLERATIONS", "[]"))),
     )
