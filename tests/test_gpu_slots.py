@@ -7,6 +7,8 @@ CUDA_VISIBLE_DEVICES says); what is under test is which devices each worker is g
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -56,8 +58,13 @@ def _wait_for_workers(job_ids: set[str], timeout: float = 300) -> dict[str, list
 
 
 def _gpu_busy(metrics_address: str) -> dict[str, float]:
+    """tunevault_gpu_busy by GPU, from an exposition that promtool finds nothing wrong with."""
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        lines = response.read().decode().splitlines()
+        exposition = response.read().decode()
+    checked = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=exposition,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
+    lines = exposition.splitlines()
     return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("tunevault_gpu_busy{")}
 
 
