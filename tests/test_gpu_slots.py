@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -66,6 +67,11 @@ def _gpu_busy(metrics_address: str) -> dict[str, float]:
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
     lines = exposition.splitlines()
     return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("tunevault_gpu_busy{")}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunevault.client.cli", *args], capture_output=True, text=True,
+                          timeout=120)
 
 
 def _refused(call) -> grpc.RpcError:
@@ -127,5 +133,11 @@ def test_more_gpus_than_the_box_has_is_refused_naming_the_field(tmp_path: Path, 
             assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT and negative.details().startswith("gpus:")
             assert client.create_job(dataset, "tiny-llama", HP).gpus == 1  # unset: one GPU on a GPU box
             assert client.create_job(dataset, "tiny-llama", HP, gpus=0).gpus == 0  # the CPU, asked for
+            connection = ["--address", server.address, "--token", server.admin_token]
+            submitted = _cli("submit", str(_dataset(tmp_path)), "--base-model", "tiny-llama", "--gpus", "2", *connection)
+            assert submitted.returncode == 0, submitted.stderr
+            assert client.get_job(submitted.stdout.split()[-1]).gpus == 2
+            status = _cli("status", *connection)
+            assert "gpus: 0 free, 1 free" in status.stdout, status.stdout
     finally:
         server.stop()
