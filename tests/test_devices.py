@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,12 @@ def test_a_worker_sees_only_its_devices_and_a_cpu_box_sets_nothing(tmp_path: Pat
 def test_a_multi_gpu_job_runs_one_rank_per_device() -> None:
     argv = worker_argv("python", "tunevault.server.worker.train", Path("/jobs"), "job_1", ranks=2)
     assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--gpus", "0,x"], "--gpus"),
+                                              (["--executor", "kubernetes"], "TUNEVAULT_K8S_NAMESPACE")])
+def test_serve_refuses_a_bad_device_or_cluster_setting_naming_it(tmp_path: Path, flags: list[str], named: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEVAULT_K8S_")}
+    run = subprocess.run([sys.executable, "-m", "tunevault.client.cli", "serve", "--data-dir", str(tmp_path), *flags],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and named in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -66,7 +66,8 @@ def _gpu_busy(metrics_address: str) -> dict[str, float]:
                              capture_output=True, text=True)
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
     lines = exposition.splitlines()
-    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("tunevault_gpu_busy{")}
+    busy = [line for line in lines if line.startswith("tunevault_gpu_busy{")]
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in busy}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -134,7 +135,8 @@ def test_more_gpus_than_the_box_has_is_refused_naming_the_field(tmp_path: Path, 
             assert client.create_job(dataset, "tiny-llama", HP).gpus == 1  # unset: one GPU on a GPU box
             assert client.create_job(dataset, "tiny-llama", HP, gpus=0).gpus == 0  # the CPU, asked for
             connection = ["--address", server.address, "--token", server.admin_token]
-            submitted = _cli("submit", str(_dataset(tmp_path)), "--base-model", "tiny-llama", "--gpus", "2", *connection)
+            submitted = _cli("submit", str(_dataset(tmp_path)), "--base-model", "tiny-llama", "--gpus", "2",
+                             *connection)
             assert submitted.returncode == 0, submitted.stderr
             assert client.get_job(submitted.stdout.split()[-1]).gpus == 2
             status = _cli("status", *connection)

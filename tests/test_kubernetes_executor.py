@@ -101,7 +101,8 @@ esac
 """
 
 
-def test_the_executor_applies_follows_and_deletes_through_kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_executor_applies_follows_and_deletes_through_kubectl(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     kubectl = tmp_path / "kubectl"
     kubectl.write_text(STAND_IN_KUBECTL)
     kubectl.chmod(0o755)

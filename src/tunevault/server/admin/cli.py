@@ -68,7 +68,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics-listen", default="127.0.0.1:9464")
     serve.add_argument("--max-concurrent-jobs", type=int, default=None,
                        help="jobs trained at once (default one per GPU of --gpus, 1 on a CPU box)")
-    serve.add_argument("--executor", choices=["local", "kubernetes"], default=os.environ.get("TUNEVAULT_EXECUTOR", "local"),
+    serve.add_argument("--executor", choices=["local", "kubernetes"],
+                       default=os.environ.get("TUNEVAULT_EXECUTOR", "local"),
                        help="run workers as local processes, or as Kubernetes Jobs (env TUNEVAULT_EXECUTOR; "
                             "settings from TUNEVAULT_K8S_*, see docs/deploy.md)")
     serve.add_argument("--gpus", default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from tunevault.server.app import run
 from tunevault.server.config import ServerConfig, default_data_dir, parse_bytes
 from tunevault.server.model_store import list_models
 from tunevault.server.scheduler.devices import configured_gpus
+from tunevault.server.scheduler.kubernetes import settings_from_env
 
 # Where `make model` puts the default model, relative to a checkout (the Makefile's MODELS_DIR).
 CHECKOUT_MODELS_DIR = Path(".cache") / "models"
@@ -19,6 +21,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     # Absolute paths: workers and the inference process are other processes and may start elsewhere.
     data_dir = (args.data_dir or default_data_dir()).absolute()
     gpus = configured_gpus(args.gpus)
+    if args.executor == "kubernetes":
+        settings_from_env(os.environ)  # refuse to start without them, naming what is missing
     return ServerConfig(
         data_dir=data_dir, models_dir=args.models_dir.absolute() if args.models_dir else None,
         listen=args.listen, metrics_listen=args.metrics_listen,
@@ -59,7 +63,7 @@ def empty_store_notice(models_dir: Path, here: Path) -> str:
 def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
-    except ValueError as error:  # a malformed --gpus or --device-memory: say which, no traceback
+    except ValueError as error:  # a malformed --gpus or --device-memory, a missing TUNEVAULT_K8S_*: no traceback
         print(f"tunevault serve: {error}", file=sys.stderr)
         return 2
     if not list_models(config.resolved_models_dir):

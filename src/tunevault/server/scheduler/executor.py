@@ -78,8 +78,8 @@ class LocalProcessExecutor:
         # TUNEVAULT_PARENT_PID lets the worker ask the kernel for SIGTERM when this process
         # dies (prctl PDEATHSIG, set by the worker itself). No preexec_fn here: running Python
         # in a forked child of a process with gRPC threads can abort the child before exec.
-        env = {**os.environ, **self.extra_env, **self.device_env(devices), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, **self.extra_env, **self.device_env(devices), "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 worker_argv(self.python, module, self.jobs_dir, job_id, ranks),

@@ -99,7 +99,8 @@ def _pod_spec(settings: ClusterSettings, job_id: str, gpus: int) -> dict[str, An
     }
     if settings.co_locate_with:
         spec["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"labelSelector": {"matchLabels": dict(settings.co_locate_with)}, "topologyKey": "kubernetes.io/hostname"}]}}
+            {"labelSelector": {"matchLabels": dict(settings.co_locate_with)},
+             "topologyKey": "kubernetes.io/hostname"}]}}
     if settings.node_selector:
         spec["nodeSelector"] = dict(settings.node_selector)
     if settings.tolerations and gpus > 0:
@@ -147,10 +148,12 @@ def _volumes(settings: ClusterSettings, gpus: int) -> list[dict[str, Any]]:
         {"name": "home", "emptyDir": {"sizeLimit": "8Gi"}},
     ]
     if settings.models_claim:
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": settings.models_claim, "readOnly": True}})
+        claim = {"claimName": settings.models_claim, "readOnly": True}
+        volumes.append({"name": "models", "persistentVolumeClaim": claim})
     if settings.master_key_secret:
-        volumes.append({"name": "secrets", "secret": {"secretName": settings.master_key_secret, "defaultMode": 0o440,
-                                                      "items": [{"key": settings.master_key_secret_key, "path": "master-key"}]}})
+        items = [{"key": settings.master_key_secret_key, "path": "master-key"}]
+        volumes.append({"name": "secrets",
+                        "secret": {"secretName": settings.master_key_secret, "defaultMode": 0o440, "items": items}})
     return volumes
 
 
@@ -228,7 +231,8 @@ def settings_from_env(environ: Mapping[str, str]) -> ClusterSettings:
     return ClusterSettings(
         namespace=get("NAMESPACE"), image=get("IMAGE"), data_claim=get("DATA_CLAIM"),
         data_mount=Path(get("DATA_MOUNT", "/data")), models_claim=get("MODELS_CLAIM") or None,
-        models_mount=Path(get("MODELS_MOUNT", "/models")), models_sub_path=get("MODELS_SUB_PATH"), python=get("PYTHON", "python"),
+        models_mount=Path(get("MODELS_MOUNT", "/models")), models_sub_path=get("MODELS_SUB_PATH"),
+        python=get("PYTHON", "python"),
         gpu_resource=get("GPU_RESOURCE", "nvidia.com/gpu"), queue_name=get("QUEUE_NAME") or None,
         master_key_secret=get("MASTER_KEY_SECRET") or None,
         master_key_secret_key=get("MASTER_KEY_SECRET_KEY", "master-key"),
