@@ -190,8 +190,9 @@ grpc:
 {{- if not $res -}}
 {{- $res = dict -}}
 {{- $gpu := .Values.gpu.resourceName -}}
-{{- with .Values.resources.requests }}{{ $_ := set $res "requests" (omit . $gpu) }}{{ end -}}
-{{- with .Values.resources.limits }}{{ $_ := set $res "limits" (omit . $gpu) }}{{ end -}}
+{{- $server := include "tunevault.resources" . | fromYaml -}}
+{{- with $server.requests }}{{ $_ := set $res "requests" (omit . $gpu) }}{{ end -}}
+{{- with $server.limits }}{{ $_ := set $res "limits" (omit . $gpu) }}{{ end -}}
 {{- end -}}
 {{- if $res -}}
 {{ toYaml $res }}
@@ -243,4 +244,60 @@ The single-replica rule and value types live in values.schema.json.
   mountPath: /tmp
 - name: home
   mountPath: /home/tunevault
+{{- end -}}
+
+{{/* Training workers in the pod: one per GPU, one on a CPU-only pod. */}}
+{{- define "tunevault.workers" -}}
+{{- max 1 (int .Values.gpu.count) -}}
+{{- end -}}
+
+{{/* CPU and memory of the server container: sizing.base + sizing.perGpu x workers, under what
+resources.requests / resources.limits set explicitly (those win). No GPUs here; the Deployment adds them. */}}
+{{- define "tunevault.resources" -}}
+{{- $n := int (include "tunevault.workers" .) -}}
+{{- $base := .Values.sizing.base -}}
+{{- $per := .Values.sizing.perGpu -}}
+{{- $requests := dict "cpu" (toString (add (int $base.cpu) (mul (int $per.cpu) $n))) "memory" (printf "%dGi" (add (int $base.memoryGi) (mul (int $per.memoryGi) $n))) -}}
+{{- $limits := dict "memory" (printf "%dGi" (add (int $base.memoryLimitGi) (mul (int $per.memoryLimitGi) $n))) -}}
+{{- $given := .Values.resources | default (dict) -}}
+{{- $requests = merge (deepCopy ($given.requests | default (dict))) $requests -}}
+{{- $limits = merge (deepCopy ($given.limits | default (dict))) $limits -}}
+{{ toYaml (dict "requests" $requests "limits" $limits) }}
+{{- end -}}
+
+{{/* Size of the memory-backed /dev/shm: shm.sizeLimit, else sizing.perGpu.shmGi per worker. */}}
+{{- define "tunevault.shmSize" -}}
+{{- .Values.shm.sizeLimit | default (printf "%dGi" (mul (int .Values.sizing.perGpu.shmGi) (int (include "tunevault.workers" .)))) -}}
+{{- end -}}
+
+{{/* TUNEVAULT_K8S_* for `serve --executor kubernetes` (scheduler/kubernetes.py settings_from_env). */}}
+{{- define "tunevault.clusterExecutorEnv" -}}
+- name: TUNEVAULT_K8S_NAMESPACE
+  value: {{ include "tunevault.namespace" . }}
+- name: TUNEVAULT_K8S_IMAGE
+  value: {{ include "tunevault.image" . }}
+- name: TUNEVAULT_K8S_DATA_CLAIM
+  value: {{ include "tunevault.dataClaimName" . }}
+{{- with .Values.modelStore.existingClaim }}
+- name: TUNEVAULT_K8S_MODELS_CLAIM
+  value: {{ . }}
+- name: TUNEVAULT_K8S_MODELS_SUB_PATH
+  value: {{ $.Values.modelStore.subPath | quote }}
+{{- end }}
+{{- with .Values.clusterExecutor.queueName }}
+- name: TUNEVAULT_K8S_QUEUE_NAME
+  value: {{ . }}
+{{- end }}
+{{- if .Values.encryption.enabled }}
+- name: TUNEVAULT_K8S_MASTER_KEY_SECRET
+  value: {{ include "tunevault.masterKeySecretName" . }}
+- name: TUNEVAULT_K8S_MASTER_KEY_SECRET_KEY
+  value: {{ .Values.encryption.existingSecretKey }}
+{{- end }}
+- name: TUNEVAULT_K8S_CO_LOCATE_WITH
+  value: {{ include "tunevault.selectorLabels" . | fromYaml | toJson | quote }}
+- name: TUNEVAULT_K8S_NODE_SELECTOR
+  value: {{ merge (dict) .Values.nodeSelector .Values.gpu.nodeSelector | toJson | quote }}
+- name: TUNEVAULT_K8S_TOLERATIONS
+  value: {{ .Values.gpu.tolerations | toJson | quote }}
 {{- end -}}

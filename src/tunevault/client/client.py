@@ -95,7 +95,8 @@ class Client:
                    hyperparameters: Mapping[str, Any] | pb.Hyperparameters | None = None, *,
                    validation_dataset_id: str = "", idempotency_key: str | None = None,
                    display_name: str = "", priority: int = 0, not_before: float | None = None,
-                   max_attempts: int = 0, pii: str = "") -> pb.Job:
+                   max_attempts: int = 0, pii: str = "", gpus: int | None = None) -> pb.Job:
+        """Queues a job; `gpus` None leaves the server's default (1 on a GPU box, else the CPU), 0 asks for the CPU."""
         request = pb.CreateJobRequest(
             dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
             hyperparameters=(hyperparameters if isinstance(hyperparameters, pb.Hyperparameters)
@@ -106,6 +107,8 @@ class Client:
         )
         if not_before is not None:
             request.not_before.FromNanoseconds(int(not_before * 1e9))
+        if gpus is not None:
+            request.gpus = gpus
         return self._stub.CreateJob(request, metadata=self._metadata).job
 
     def get_job(self, job_id: str) -> pb.Job:

@@ -62,7 +62,7 @@ class App:
             self.keys = configure_server(config.data_dir, config.database_path, config.master_key_file)
         except MasterKeyError as error:
             raise SystemExit(f"encryption at rest: {error}") from None
-        self.metrics = Metrics(self.store, app_version())
+        self.metrics = Metrics(self.store, app_version(), config.gpus)
         self.store.on_transition(self.metrics.job_finished)
         self.store.on_transition(self._audit_outcome)
         self.scheduler = Scheduler(config, self.store, self.metrics)

@@ -46,6 +46,11 @@ class ServerConfig:
     metrics_listen: str = "127.0.0.1:9464"
     # Jobs trained at once; one per GPU on a multi-GPU box.
     max_concurrent_jobs: int = 1
+    # GPU indexes the scheduler hands to workers (CUDA_VISIBLE_DEVICES); empty: a CPU box, where
+    # workers start as they always did. `serve --gpus` / TUNEVAULT_GPUS, else nvidia-smi -L.
+    gpus: tuple[int, ...] = ()
+    # Where workers run: "local" processes, or "kubernetes" Jobs (scheduler/kubernetes.py, TUNEVAULT_K8S_*).
+    executor: str = "local"
     # A RUNNING job whose worker has not been heard from for this long is presumed dead.
     lease_seconds: float = 120.0
     # How long SIGTERM waits for in-flight RPCs and the worker's checkpoint before exiting.

@@ -38,12 +38,28 @@ class StoreCollector(Collector):
         yield jobs
 
 
+class GpuCollector(Collector):
+    """tunevault_gpu_busy{gpu}: 1 while a job's worker holds the device, read from the store at scrape time."""
+
+    def __init__(self, store: Store, gpus: tuple[int, ...]) -> None:
+        self.store = store
+        self.gpus = gpus
+
+    def collect(self) -> Iterable[Metric]:
+        busy = GaugeMetricFamily("tunevault_gpu_busy", "1 while a job's worker holds the GPU, else 0.", labels=["gpu"])
+        held = self.store.held_devices() if self.gpus else {}
+        for index in self.gpus:
+            busy.add_metric([str(index)], 1 if index in held else 0)
+        yield busy
+
+
 class Metrics:
     """Every metric the appliance exports, on a registry of its own (no process-global state)."""
 
-    def __init__(self, store: Store, version: str) -> None:
+    def __init__(self, store: Store, version: str, gpus: tuple[int, ...] = ()) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StoreCollector(store))
+        self.registry.register(GpuCollector(store, gpus))
         r = self.registry
         self.build_info = Gauge("tunevault_build_info", "Version of the running appliance (value 1).",
                                 ["version", "python"], registry=r)

@@ -221,7 +221,7 @@ class Hyperparameters(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_accountant: _Optional[str] = ..., canary_repetitions: _Optional[_Iterable[int]] = ..., canary_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii")
+    __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii", "gpus")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,7 @@ class CreateJobRequest(_message.Message):
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     PII_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     validation_dataset_id: str
     base_model: str
@@ -242,7 +243,8 @@ class CreateJobRequest(_message.Message):
     not_before: _timestamp_pb2.Timestamp
     max_attempts: int
     pii: PiiMode
-    def __init__(self, dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., pii: _Optional[_Union[PiiMode, str]] = ...) -> None: ...
+    gpus: int
+    def __init__(self, dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -282,7 +284,7 @@ class JobResult(_message.Message):
     def __init__(self, adapter_path: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_size_bytes: _Optional[int] = ..., adapter_sha256: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id")
+    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id", "gpus", "devices")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +312,8 @@ class Job(_message.Message):
     PII_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     dataset_id: str
@@ -337,7 +341,9 @@ class Job(_message.Message):
     pii: PiiMode
     tenant: str
     encryption_key_id: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ..., encryption_key_id: _Optional[str] = ...) -> None: ...
+    gpus: int
+    devices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ..., encryption_key_id: _Optional[str] = ..., gpus: _Optional[int] = ..., devices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -457,7 +463,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("version", "jobs_by_state", "running_jobs", "data_bytes", "disk_free_bytes", "uptime_seconds", "retention_days")
+    __slots__ = ("version", "jobs_by_state", "running_jobs", "data_bytes", "disk_free_bytes", "uptime_seconds", "retention_days", "gpus")
     class JobsByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -472,6 +478,7 @@ class GetStatusResponse(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     version: str
     jobs_by_state: _containers.ScalarMap[str, int]
     running_jobs: _containers.RepeatedCompositeFieldContainer[Job]
@@ -479,7 +486,18 @@ class GetStatusResponse(_message.Message):
     disk_free_bytes: int
     uptime_seconds: float
     retention_days: float
-    def __init__(self, version: _Optional[str] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., retention_days: _Optional[float] = ...) -> None: ...
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuSlot]
+    def __init__(self, version: _Optional[str] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., retention_days: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSlot, _Mapping]]] = ...) -> None: ...
+
+class GpuSlot(_message.Message):
+    __slots__ = ("index", "busy", "job_id")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    busy: bool
+    job_id: str
+    def __init__(self, index: _Optional[int] = ..., busy: _Optional[bool] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("id", "tenant", "role", "name", "created_at", "revoked_at")

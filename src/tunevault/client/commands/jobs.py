@@ -50,14 +50,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("jobs: " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "none"))
     for job in status.running_jobs:
         share = f" ({job.step / job.total_steps:.0%})" if job.total_steps else ""
+        on = f", GPU {','.join(map(str, job.devices))}" if job.devices else ""
         print(f"running {job.id} [{state_name(job.state).lower()}]: step {job.step}/{job.total_steps}{share}, "
-              f"{job.trained_tokens} tokens, model {job.base_model}")
+              f"{job.trained_tokens} tokens, model {job.base_model}{on}")
+    if status.gpus:
+        print("gpus: " + ", ".join(f"{g.index} {(g.job_id or 'busy') if g.busy else 'free'}" for g in status.gpus))
     print(f"disk: {status.data_bytes / 1e9:.2f} GB used by the appliance, {status.disk_free_bytes / 1e9:.1f} GB free")
     return 0
 
 
 def _print_job(job: pb.Job) -> None:
     print(f"{job.id}  {state_name(job.state)}  model {job.base_model}  step {job.step}/{job.total_steps}")
+    if job.devices:
+        print(f"gpus: {','.join(map(str, job.devices))}")
     if job.HasField("error"):
         print(f"error {job.error.code}: {job.error.message}")
     for key, value in sorted(job.result.metrics.items()):

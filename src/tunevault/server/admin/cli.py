@@ -66,7 +66,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "the default model in .cache/models of the checkout")
     serve.add_argument("--listen", default="127.0.0.1:50051")
     serve.add_argument("--metrics-listen", default="127.0.0.1:9464")
-    serve.add_argument("--max-concurrent-jobs", type=int, default=1, help="one per GPU")
+    serve.add_argument("--max-concurrent-jobs", type=int, default=None,
+                       help="jobs trained at once (default one per GPU of --gpus, 1 on a CPU box)")
+    serve.add_argument("--executor", choices=["local", "kubernetes"],
+                       default=os.environ.get("TUNEVAULT_EXECUTOR", "local"),
+                       help="run workers as local processes, or as Kubernetes Jobs (env TUNEVAULT_EXECUTOR; "
+                            "settings from TUNEVAULT_K8S_*, see docs/deploy.md)")
+    serve.add_argument("--gpus", default=None,
+                       help="GPU indexes to hand to workers, e.g. 0,1, or none (env TUNEVAULT_GPUS; default: what "
+                            "`nvidia-smi -L` lists, none without it)")
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds SIGTERM waits to drain")
     serve.add_argument("--lease-seconds", type=float, default=120.0,
                        help="a worker silent this long is presumed dead and its job recovered")

@@ -70,7 +70,8 @@ def dataset_to_proto(record: DatasetRecord) -> pb.Dataset:
     )
 
 
-def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: str | None = None) -> pb.Job:
+def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: str | None = None,
+                 default_gpus: int = 0) -> pb.Job:
     message = pb.Job(
         id=job.id, state=job_state_to_proto(job.state), dataset_id=job.dataset_id,
         validation_dataset_id=job.validation_dataset_id or "", base_model=job.base_model,
@@ -83,6 +84,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: s
         disk_usage_bytes=disk_usage_bytes, artifacts_deleted=job.artifacts_deleted_at is not None,
         pii=pb.PiiMode.Value(f"PII_MODE_{job.pii_mode.upper()}"), tenant=job.tenant,
         encryption_key_id=encryption_key_id or "",
+        gpus=default_gpus if job.gpus is None else job.gpus, devices=job.devices,
         error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
                        for e in job.error_history],
     )
@@ -96,6 +98,16 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: s
             adapter_sha256=job.result.get("adapter_sha256", ""),
         ))
     return message
+
+
+def gpu_slots(box: tuple[int, ...], held: dict[int, JobRecord], scope: str | None) -> list[pb.GpuSlot]:
+    """Each GPU and its job; another tenant's job shows as busy without its id (ids do not leak)."""
+    slots = []
+    for index in box:
+        job = held.get(index)
+        visible = job is not None and (scope is None or job.tenant == scope)
+        slots.append(pb.GpuSlot(index=index, busy=job is not None, job_id=job.id if visible else ""))
+    return slots
 
 
 def event_to_proto(event: EventRecord) -> pb.JobEvent:

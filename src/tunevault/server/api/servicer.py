@@ -84,7 +84,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
 
     def _job_message(self, job: JobRecord) -> pb.Job:
         return convert.job_to_proto(job, disk_usage(self.config.job_dir(job.id)),
-                                    encryption_key_id=default_store().key_id("job", job.id))
+                                    encryption_key_id=default_store().key_id("job", job.id),
+                                    default_gpus=1 if self.config.gpus else 0)
 
     # Datasets ------------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             display_name=check.bounded("display_name", request.display_name),
             priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
             not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
-            pii_mode=check.pii_mode(request.pii),
+            pii_mode=check.pii_mode(request.pii), gpus=check.gpus(request, self.config.gpus),
             audit_details={"dataset_sha256": dataset.sha256, "base_model": request.base_model,
                            "validation_dataset_id": request.validation_dataset_id or None,
                            "hyperparameters": requested, "pii": check.pii_mode(request.pii),
@@ -272,6 +273,7 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             data_bytes=disk_usage(self.config.data_dir) if scope is None else self.store.tenant_usage(scope)[0],
             disk_free_bytes=shutil.disk_usage(self.config.data_dir).free,
             uptime_seconds=time.monotonic() - self.started, retention_days=self.config.retention_days,
+            gpus=convert.gpu_slots(self.config.gpus, self.store.held_devices(), scope),
         )
 
     # Models, artifacts, generation ---------------------------------------------------

@@ -56,6 +56,17 @@ def not_before(request: pb.CreateJobRequest) -> float | None:
     return seconds
 
 
+def gpus(request: pb.CreateJobRequest, box: tuple[int, ...]) -> int | None:
+    """GPUs the job asks for; None (unset) leaves the box's default. More than the box has could never start."""
+    if not request.HasField("gpus"):
+        return None
+    if request.gpus < 0:
+        raise InvalidArgument("gpus", "must be 0 (CPU) or a positive number of GPUs")
+    if request.gpus > len(box):
+        raise FailedPrecondition(f"gpus: the job asks for {request.gpus} GPU(s); this server has {len(box)}")
+    return request.gpus
+
+
 def pii_mode(value: int) -> str:
     if value == pb.PII_MODE_UNSPECIFIED:
         return "off"

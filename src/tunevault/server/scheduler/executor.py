@@ -7,8 +7,9 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
+from tunevault.server.scheduler.devices import visible_devices
 from tunevault.server.scheduler.launch import worker_argv
 
 
@@ -37,33 +38,51 @@ class WorkerProcess:
             self.process.kill()
 
 
-class LocalProcessExecutor:
-    """Runs each job as `python -m tunevault.server.worker.train` on this machine."""
+class Executor(Protocol):
+    """What the scheduler needs of an executor: start a job's worker, or a job's validation step."""
 
-    def __init__(self, python: str, jobs_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, job_id: str, devices: tuple[int, ...] = ()) -> WorkerProcess: ...
+
+    def start_validation(self, job_id: str) -> WorkerProcess: ...
+
+
+class LocalProcessExecutor:
+    """Runs each job as `python -m tunevault.server.worker.train` on this machine.
+
+    On a box with GPUs (`gpu_box`), every process it starts sees only the devices its job holds
+    (CUDA_VISIBLE_DEVICES; "" for a CPU job or a validation step), so two workers never share a
+    device by accident. On a CPU box it sets nothing, as before.
+    """
+
+    def __init__(self, python: str, jobs_dir: Path, extra_env: dict[str, str] | None = None,
+                 gpu_box: bool = False) -> None:
         self.python = python
         self.jobs_dir = jobs_dir
         self.extra_env = extra_env or {}
+        self.gpu_box = gpu_box
 
-    def start(self, job_id: str) -> WorkerProcess:
-        """The training worker of one job."""
-        return self._spawn("tunevault.server.worker.train", job_id, "worker.log")
+    def start(self, job_id: str, devices: tuple[int, ...] = ()) -> WorkerProcess:
+        """The training worker of one job, on `devices`; a job holding N > 1 devices runs N ranks."""
+        return self._spawn("tunevault.server.worker.train", job_id, "worker.log", devices, ranks=max(1, len(devices)))
 
     def start_validation(self, job_id: str) -> WorkerProcess:
         """The validation process of a VALIDATING job: same events, same environment, no GPU needed."""
-        return self._spawn("tunevault.server.worker.validate", job_id, "validation.log")
+        return self._spawn("tunevault.server.worker.validate", job_id, "validation.log", (), ranks=1)
 
-    def _spawn(self, module: str, job_id: str, log_name: str) -> WorkerProcess:
+    def device_env(self, devices: tuple[int, ...]) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": visible_devices(devices)} if self.gpu_box else {}
+
+    def _spawn(self, module: str, job_id: str, log_name: str, devices: tuple[int, ...], ranks: int) -> WorkerProcess:
         job_dir = self.jobs_dir / job_id
         log_path = job_dir / log_name
         # TUNEVAULT_PARENT_PID lets the worker ask the kernel for SIGTERM when this process
         # dies (prctl PDEATHSIG, set by the worker itself). No preexec_fn here: running Python
         # in a forked child of a process with gRPC threads can abort the child before exec.
-        env = {**os.environ, **self.extra_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, **self.extra_env, **self.device_env(devices), "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TUNEVAULT_PARENT_PID": str(os.getpid())}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                worker_argv(self.python, module, self.jobs_dir, job_id),
+                worker_argv(self.python, module, self.jobs_dir, job_id, ranks),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                 env=env, cwd=job_dir, start_new_session=True,
             )

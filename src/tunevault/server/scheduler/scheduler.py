@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import stat
 import threading
@@ -22,7 +23,7 @@ from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
 from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.privacy.sealing.keys import default_store
-from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.executor import Executor, LocalProcessExecutor, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.scheduler.validation import JobValidations
@@ -44,11 +45,11 @@ class Scheduler:
     """Runs up to `max_concurrent_jobs` workers; one thread claims, one thread per worker reads."""
 
     def __init__(self, config: ServerConfig, store: Store, metrics: Metrics,
-                 executor: LocalProcessExecutor | None = None) -> None:
+                 executor: Executor | None = None) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.executor = executor or LocalProcessExecutor(config.python, config.jobs_dir)
+        self.executor = executor or default_executor(config)
         self._workers: dict[str, WorkerProcess] = {}
         self._slots: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -118,12 +119,13 @@ class Scheduler:
         if now >= self._next_lease_check:
             self._next_lease_check = now + LEASE_CHECK_SECONDS
             self._rescue_expired_leases()
+            self._fail_jobs_too_big_for_the_box()
         self.validations.start_pending()
         if now >= self._next_retention_check and self.config.retention_days > 0:
             self._next_retention_check = now + RETENTION_CHECK_SECONDS
             self._apply_retention()
         while self._free_slot() is not None and not self._stopping.is_set():
-            job = self.store.claim_next_job(self.config.lease_seconds)
+            job = self.store.claim_next_job(self.config.lease_seconds, self.config.gpus)
             if job is None:
                 break
             self._launch(job)
@@ -156,6 +158,14 @@ class Scheduler:
             log.warning("job %s lost its worker (lease expired); recovering", job.id)
             self.store.recover_lost_worker(job, "its worker stopped heartbeating (lease expired)")
 
+    def _fail_jobs_too_big_for_the_box(self) -> None:
+        """A queued job needing more GPUs than this box has (it was queued before a restart with fewer)
+        could never start; it fails, naming the field, rather than wait for ever."""
+        for job in self.store.too_big_for(self.config.gpus):
+            self.store.record_failure(job.id, "FAILED_PRECONDITION",
+                                      f"gpus: the job needs {job.gpus} GPU(s); this server has {len(self.config.gpus)}",
+                                      retry_after=None)
+
     def _apply_retention(self) -> None:
         cutoff = time.time() - self.config.retention_days * 86400
         for job in self.store.finished_before(cutoff):
@@ -171,7 +181,7 @@ class Scheduler:
         assert slot is not None
         try:
             self._write_spec(job)
-            worker = self.executor.start(job.id)
+            worker = self.executor.start(job.id, job.devices)
         except Exception as error:  # noqa: BLE001 - a job that cannot start fails alone
             log.exception("could not start job %s", job.id)
             self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
@@ -181,7 +191,8 @@ class Scheduler:
             self._slots[job.id] = slot
         self.store.update_job(job.id, worker_pid=worker.process.pid)
         self.metrics.job_started(job, slot)
-        log.info("job %s started (attempt %d, pid %d, slot %d)", job.id, job.attempt, worker.process.pid, slot)
+        log.info("job %s started (attempt %d, pid %d, slot %d, GPUs %s)", job.id, job.attempt, worker.process.pid, slot,
+                 ",".join(map(str, job.devices)) or "none")
         threading.Thread(target=self._follow, args=(job, worker, slot), name=f"worker-{job.id}", daemon=True).start()
 
     def _write_spec(self, job: JobRecord) -> None:
@@ -308,6 +319,16 @@ class Scheduler:
         except FailedPrecondition:
             log.warning("job %s finished training but changed state meanwhile", job.id)
             return self.store.get_job(job.id)
+
+
+def default_executor(config: ServerConfig) -> Executor:
+    """Workers as local processes, or (`--executor kubernetes`) as Kubernetes Jobs configured by TUNEVAULT_K8S_*."""
+    local = LocalProcessExecutor(config.python, config.jobs_dir, gpu_box=bool(config.gpus))
+    if config.executor != "kubernetes":
+        return local
+    from tunevault.server.scheduler import kubernetes  # only a cluster deployment needs it
+
+    return kubernetes.KubernetesExecutor(kubernetes.settings_from_env(os.environ), local)
 
 
 def delete_job_files(job_dir: Path) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from tunevault.server.contract import events
 from tunevault.server.errors import FailedPrecondition
-from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.executor import Executor, WorkerProcess
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.store import JobRecord, JobState, Store
 
@@ -30,7 +30,7 @@ VALIDATION_TIMEOUT_SECONDS = 1800.0
 class JobValidations:
     """Starts and follows validation processes; the scheduler calls start_pending() each tick."""
 
-    def __init__(self, store: Store, executor: LocalProcessExecutor, write_spec: Callable[[JobRecord], None],
+    def __init__(self, store: Store, executor: Executor, write_spec: Callable[[JobRecord], None],
                  wake: Callable[[], None]) -> None:
         self.store = store
         self.executor = executor

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunevault.server.errors import FailedPrecondition, NotFound
 from tunevault.server.ids import new_id
+from tunevault.server.store import placement
 from tunevault.server.store.audit_log import AuditLog
 from tunevault.server.store.db import Connection
 from tunevault.server.store.events import EventLog
@@ -39,7 +40,8 @@ class JobRepository:
                    display_name: str = "", priority: int = 0, max_attempts: int = 3,
                    not_before: float | None = None, tenant: str = "default",
                    created_by: str | None = None, pii_mode: str = "off",
-                   queue: bool = False, audit_details: dict[str, Any] | None = None) -> tuple[JobRecord, bool]:
+                   queue: bool = False, audit_details: dict[str, Any] | None = None,
+                   gpus: int | None = None) -> tuple[JobRecord, bool]:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
 
         The lookup and the insert share one transaction, so two racing retries of the same
@@ -67,7 +69,7 @@ class JobRepository:
                 "hyperparameters": json.dumps(hyperparameters), "idempotency_key": idempotency_key or None,
                 "display_name": display_name, "priority": priority, "max_attempts": max_attempts,
                 "created_at": now, "not_before": not_before, "tenant": tenant, "created_by": created_by,
-                "pii_mode": pii_mode,
+                "pii_mode": pii_mode, "gpus": gpus,
             })
             self._events.insert_in(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
             if queue:
@@ -121,6 +123,9 @@ class JobRepository:
         """
         in_allowed, allowed = in_states(ALLOWED_FROM[target])
         assignments = {"state": target.value, **_encode_fields(fields)}
+        if target not in WORKER_STATES:
+            # No worker may be alive for it any more, so its devices go back (finished, paused, requeued).
+            assignments["devices"] = None
         if target.terminal:
             assignments.setdefault("finished_at", time.time())
         set_sql = ", ".join(f"{column} = ?" for column in assignments)
@@ -150,29 +155,73 @@ class JobRepository:
         with self._connection.transaction() as db:
             db.execute(f"UPDATE jobs SET {set_sql} WHERE id = ?", [*encoded.values(), job_id])
 
-    def claim_next_job(self, lease_seconds: float) -> JobRecord | None:
-        """Takes the highest-priority, oldest QUEUED job and marks it RUNNING, in one statement."""
+    def claim_next_job(self, lease_seconds: float, box: Sequence[int] = ()) -> JobRecord | None:
+        """Marks the queue's head job RUNNING on the devices it needs, if they are free (placement.py).
+
+        `box` is the device indexes the scheduler may hand out (empty: a CPU box). The look at the
+        held devices and the update share one BEGIN IMMEDIATE transaction, so two claims can never
+        take the same device. Returns None when the queue is empty or its head must wait.
+        """
         now = time.time()
         with self._connection.transaction() as db:
+            head = self._queue_head(db, now, box)
+            if head is None:
+                return None
+            count = placement.needed(head["gpus"], box)
+            devices = placement.pick(box, self._held_devices(db), count)
+            if devices is None:
+                return None  # the head waits for its devices; nothing overtakes it
             rows = list(db.query(
                 """
                 UPDATE jobs
                    SET state = :running, attempt = attempt + 1, worker_pid = NULL,
-                       started_at = COALESCE(started_at, :now), lease_expires_at = :lease
-                 WHERE id = (SELECT id FROM jobs
-                              WHERE state = :queued AND (not_before IS NULL OR not_before <= :now)
-                              ORDER BY priority DESC, id LIMIT 1)
+                       started_at = COALESCE(started_at, :now), lease_expires_at = :lease,
+                       gpus = :gpus, devices = :devices
+                 WHERE id = :id AND state = :queued
                 RETURNING *
                 """,
-                {"now": now, "lease": now + lease_seconds,
-                 "running": JobState.RUNNING.value, "queued": JobState.QUEUED.value},
+                {"now": now, "lease": now + lease_seconds, "gpus": count, "devices": json.dumps(list(devices)),
+                 "id": head["id"], "running": JobState.RUNNING.value, "queued": JobState.QUEUED.value},
             ))
-            if not rows:
-                return None
             job = JobRecord.from_row(rows[0])
-            self._events.insert_in(db, job.id, "job.started", f"attempt {job.attempt} started", {"attempt": job.attempt}, JobState.RUNNING)
+            where = f" on GPU {','.join(map(str, devices))}" if devices else ""
+            self._events.insert_in(db, job.id, "job.started", f"attempt {job.attempt} started{where}",
+                                   {"attempt": job.attempt, "gpus": count}, JobState.RUNNING)
         self._events.notify()
         return job
+
+    @staticmethod
+    def _queue_head(db: Any, now: float, box: Sequence[int]) -> dict[str, Any] | None:
+        """The first QUEUED job that is due and could ever fit on `box`."""
+        rows = list(db.query(
+            """
+            SELECT id, gpus FROM jobs
+             WHERE state = :queued AND (not_before IS NULL OR not_before <= :now)
+               AND COALESCE(gpus, :default) <= :total
+             ORDER BY priority DESC, id LIMIT 1
+            """,
+            {"queued": JobState.QUEUED.value, "now": now, "default": placement.default_gpus(box), "total": len(box)},
+        ))
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _held_devices(db: Any) -> list[int]:
+        in_worker, worker = in_states(WORKER_STATES)
+        rows = db.query(f"SELECT devices FROM jobs WHERE {in_worker} AND devices IS NOT NULL", worker)
+        return [device for row in rows for device in json.loads(row["devices"])]
+
+    def held_devices(self) -> dict[int, JobRecord]:
+        """Device index -> the job whose worker holds it (for GetStatus and the GPU gauge)."""
+        in_worker, worker = in_states(WORKER_STATES)
+        rows = self._connection.rows(f"SELECT * FROM jobs WHERE {in_worker} AND devices IS NOT NULL", worker)
+        jobs = [JobRecord.from_row(r) for r in rows]
+        return {device: job for job in jobs for device in job.devices}
+
+    def too_big_for(self, box: Sequence[int]) -> list[JobRecord]:
+        """QUEUED jobs needing more devices than `box` has: they could never start."""
+        rows = self._connection.rows("SELECT * FROM jobs WHERE state = ? AND COALESCE(gpus, ?) > ?",
+                                     [JobState.QUEUED.value, placement.default_gpus(box), len(box)])
+        return [JobRecord.from_row(r) for r in rows]
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cancels a job with no worker at once; asks a running one to stop (CANCELLING)."""

@@ -62,10 +62,13 @@ class JobRecord:
     tenant: str
     created_by: str | None
     pii_mode: str
+    gpus: int | None = None  # GPUs it needs at once; None: the box's default (1 with GPUs, else 0)
+    devices: tuple[int, ...] = ()  # device indexes its worker holds now
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "JobRecord":
         values = {k: row[k] for k in cls.__dataclass_fields__}
+        values["devices"] = tuple(json.loads(row["devices"])) if row["devices"] else ()
         values["state"] = JobState(row["state"])
         values["cancel_requested"] = bool(row["cancel_requested"])
         values["pause_requested"] = bool(row["pause_requested"])

@@ -46,6 +46,8 @@ class Store:
         self.transition = jobs.transition
         self.update_job = jobs.update_job
         self.claim_next_job = jobs.claim_next_job
+        self.held_devices = jobs.held_devices
+        self.too_big_for = jobs.too_big_for
         self.request_cancel = jobs.request_cancel
         self.request_pause = jobs.request_pause
         self.resume = jobs.resume
