@@ -107,13 +107,13 @@ def test_cli_fine_tunes_the_default_model_and_the_adapter_loads_in_plain_peft(
     finally:
         running.stop()
 
-    probe = f"""
+    probe = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import PeftModel
 base_dir, adapter_dir = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(base_dir)
-ids = tok.apply_chat_template([{{"role": "user", "content": "Patient with crushing chest pain and ST elevation."}}],
+ids = tok.apply_chat_template([{"role": "user", "content": "Patient with crushing chest pain and ST elevation."}],
                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
 def greedy(model):
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)

@@ -66,7 +66,8 @@ def test_pause_keeps_the_devices_until_the_worker_stopped(store: Store) -> None:
 
 
 def test_restart_recovery_releases_the_devices(store: Store) -> None:
-    running, cancelling = _queued(store), _queued(store)
+    _queued(store)  # running when claimed; restart recovery must release its device too
+    cancelling = _queued(store)
     store.claim_next_job(60, BOX), store.claim_next_job(60, BOX)
     store.request_cancel(cancelling)
     store.requeue_orphans()

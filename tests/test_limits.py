@@ -96,7 +96,7 @@ def test_model_names_cannot_escape_the_model_store(tmp_path: Path, tiny_models_d
             assert client.list_models() == []
             dataset = client.upload_dataset(_file(tmp_path, 4))
             for name in ("../models/tiny-llama", "/etc", "linked", "..", "tiny-llama/../..", "a" * 100):
-                error = _refused(lambda: client.create_job(dataset.id, name))
+                error = _refused(lambda name=name: client.create_job(dataset.id, name))
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "base_model" in error.details(), name
     finally:
         server.stop()
