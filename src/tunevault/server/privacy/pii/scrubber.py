@@ -31,6 +31,7 @@ from typing import Iterable, Literal
 
 from tunevault.server.privacy.sealing.encryption import open_plain
 
+from .ner import find_entities
 from .name_lists import ages_after_names, find_names_and_places, propagate_names
 from .patterns import CITATION, Candidate, find_patterns
 
@@ -139,9 +140,10 @@ def _resolve(candidates: Iterable[Candidate]) -> list[Candidate]:
     return chosen
 
 
-def _analyze(text: str, doc) -> list[Finding]:
+def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     candidates = list(find_patterns(text))
     candidates += find_names_and_places(text, doc)
+    candidates += ner
     citations = [(c.start, c.end) for c in candidates if c.type == CITATION]
     candidates = [
         c for c in candidates
@@ -173,11 +175,14 @@ def scan_many(texts: list[str], batch_size: int = 256) -> list[list[Finding]]:
     """scan() for many texts at once; spaCy batches them, which is several times faster."""
     need = [i for i, t in enumerate(texts) if _needs_nlp(t)]
     docs: list = [None] * len(texts)
+    entities: list[list[Candidate]] = [[] for _ in texts]
     if need:
         nlp = _load_nlp()
         for i, doc in zip(need, nlp.pipe((texts[i] for i in need), batch_size=batch_size)):
             docs[i] = doc
-    return [_analyze(text, doc) for text, doc in zip(texts, docs)]
+        for i, found in zip(need, find_entities([texts[i] for i in need])):
+            entities[i] = found
+    return [_analyze(text, doc, ner) for text, doc, ner in zip(texts, docs, entities)]
 
 
 def scan(text: str) -> list[Finding]:
