@@ -89,6 +89,7 @@ _PLACE_PREPOSITIONS = {"in", "from", "near", "outside", "around", "of", "to", "a
 _NON_PLACES = set(US_STATES) | COUNTRIES | REGIONS | STATE_ABBREVIATIONS
 _COUNTY = re.compile(r"\b(?:[A-Z][a-z]+(?:[ -][A-Z][a-z]+)?|St\. [A-Z][a-z]+) (?:County|Parish|Borough)\b")
 _PERSON_LABELS = {"PERSON"}
+_HEADING_WORDS = {"AGREEMENT", "TENANCY", "RESIDENTIAL", "CONTRACT", "LEASE", "DEED", "WILL", "TESTAMENT", "SUMMARY", "DISCHARGE", "DECLARATION", "STATUTORY", "NOTICE", "ORDER", "COURT", "HIGH", "IN", "THE", "OF", "AND"}
 _FIRMS_RE = re.compile(r"\b(?:" + "|".join(sorted((re.escape(f) for f in _FIRMS), key=len, reverse=True)) + r")\b")
 _PLACE_LABELS = {"GPE", "LOC"}
 
@@ -327,25 +328,65 @@ def _spacy_entities(tokens: _Tokens, entity_spans) -> Iterator[Candidate]:
             else:
                 yield Candidate(*cleaned, "NAME", P_SPACY_PERSON)
         elif label in _PLACE_LABELS:
-            span = text[start:end]
-            if span.lower().startswith("the "):
-                start, span = start + 4, span[4:]
-            words = span.split()
-            if (
-                span in _NON_PLACES
-                or not words
-                or any(not w[0].isupper() and w not in ("of", "de", "la", "del") for w in words)
-                or re.search(r"\d|\.", span)
-                or (span.isupper() and span not in cities)
-                or (len(words) == 1 and (span in NOT_NAMES or span in EPONYMS or span in CREDENTIALS or span in DRUG_NAMES))
-                or (len(words) == 1 and span in tokens.firsts and span not in cities)
-            ):
-                continue
-            before = re.search(r"([A-Za-z]+)\s+$", text[max(0, start - 12):start])
-            known = span in cities or span in counties
-            placed = before is not None and before.group(1).lower() in ("in", "near", "from", "to", "outside", "around", "of")
-            if known or placed or re.match(rf",\s*(?:{'|'.join(US_STATES)}|[A-Z]{{2}}\b)", text[end:end + 20]):
-                yield Candidate(start, end, "LOCATION", P_SPACY_PLACE)
+            place = _plausible_place(tokens, start, end, require_context=True)
+            if place:
+                yield Candidate(*place, "LOCATION", P_SPACY_PLACE)
+
+
+def _plausible_place(tokens: _Tokens, start: int, end: int, require_context: bool) -> tuple[int, int] | None:
+    """A model's place span without a leading "the", or None when it is no place a reader could find.
+    With require_context, the place must also be a known US city or county, follow a preposition,
+    or be followed by a state."""
+    text = tokens.text
+    cities, counties = us_places()
+    span = text[start:end]
+    if span.lower().startswith("the "):
+        start, span = start + 4, span[4:]
+    words = span.split()
+    if (
+        span in _NON_PLACES
+        or not words
+        or any(not w[0].isupper() and w not in ("of", "de", "la", "del") for w in words)
+        or re.search(r"\d|\.", span)
+        or (span.isupper() and span not in cities)
+        or (len(words) == 1 and (span in NOT_NAMES or span in EPONYMS or span in CREDENTIALS or span in DRUG_NAMES or _drug_like(span)))
+        or (len(words) == 1 and span in tokens.firsts and span not in cities)
+        or tokens.followed_by_eponym_word(end)
+    ):
+        return None
+    if not require_context:
+        return start, end
+    before = re.search(r"([A-Za-z]+)\s+$", text[max(0, start - 12):start])
+    known = span in cities or span in counties
+    placed = before is not None and before.group(1).lower() in ("in", "near", "from", "to", "outside", "around", "of")
+    if known or placed or re.match(rf",\s*(?:{'|'.join(US_STATES)}|[A-Z]{{2}}\b)", text[end:end + 20]):
+        return start, end
+    return None
+
+
+def vet_ner(text: str, candidates: list[Candidate]) -> Iterator[Candidate]:
+    """The NER model's names and places, cleaned and checked as spaCy's are (titles, eponyms,
+    drugs, firms, lab values out); addresses pass as they are."""
+    tokens = _Tokens(text)
+    firms = [(m.start(), m.end()) for m in _FIRMS_RE.finditer(text)]
+    for c in candidates:
+        if any(s < c.end and c.start < e for s, e in firms):
+            continue
+        if c.type == "NAME":
+            cleaned = _clean_person(tokens, c.start, c.end)
+            if cleaned and not _document_heading(text[cleaned[0]:cleaned[1]]):
+                yield Candidate(*cleaned, "NAME", c.priority)
+        elif c.type == "LOCATION":
+            place = _plausible_place(tokens, c.start, c.end, require_context=False)
+            if place:
+                yield Candidate(*place, "LOCATION", c.priority)
+        elif c.type != "ZIP":  # a postcode alone is found by its keyword (patterns), not by shape
+            yield c
+
+
+def _document_heading(span: str) -> bool:
+    """ "RESIDENTIAL TENANCY AGREEMENT": capitals that name a document, not a person."""
+    return any(w.title() in NOT_NAMES or w.upper() in _HEADING_WORDS for w in span.split()) if span.isupper() else False
 
 
 def _clean_person(tokens: _Tokens, start: int, end: int) -> tuple[int, int] | None:

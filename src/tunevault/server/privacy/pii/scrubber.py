@@ -32,7 +32,7 @@ from typing import Iterable, Literal
 from tunevault.server.privacy.sealing.encryption import open_plain
 
 from .ner import find_entities
-from .name_lists import ages_after_names, find_names_and_places, propagate_names
+from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner
 from .patterns import CITATION, Candidate, find_patterns
 
 Mode = Literal["redact", "reject"]
@@ -143,7 +143,7 @@ def _resolve(candidates: Iterable[Candidate]) -> list[Candidate]:
 def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     candidates = list(find_patterns(text))
     candidates += find_names_and_places(text, doc)
-    candidates += ner
+    candidates += vet_ner(text, ner)
     citations = [(c.start, c.end) for c in candidates if c.type == CITATION]
     candidates = [
         c for c in candidates
