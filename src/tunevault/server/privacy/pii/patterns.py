@@ -190,7 +190,7 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _is_fax(text: str, start: int, end: int) -> bool:
+def is_fax(text: str, start: int, end: int) -> bool:
     """Whether the phone number at start:end is announced as a fax number in the same clause."""
     if re.match(r"\s*(?:\((?:fax|facsimile)\)|(?:fax|facsimile)\b(?!\s*(?:no\.?|number|#)?\s*:))", text[end:end + 16], re.I):
         return True
@@ -232,10 +232,10 @@ def find_patterns(text: str) -> Iterator[Candidate]:
     for m in _PHONE.finditer(text):
         if len(re.sub(r"\D", "", m.group())) < 10:
             continue
-        yield Candidate(m.start(), m.end(), "FAX" if _is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE)
+        yield Candidate(m.start(), m.end(), "FAX" if is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE)
     for m in _PHONE_SHORT.finditer(text):
         if _PHONE_WORDS.search(text[max(0, m.start() - 30):m.start()]):
-            yield Candidate(m.start(), m.end(), "FAX" if _is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE - 2)
+            yield Candidate(m.start(), m.end(), "FAX" if is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE - 2)
     yield from _dates(text)
     for m in _AGE.finditer(text):
         group = next(g for g in ("n", "m", "b", "w") if m.group(g))
