@@ -32,6 +32,7 @@ from typing import Iterable, Literal
 from tunevault.server.privacy.sealing.encryption import open_plain
 
 from .dates import find_dates
+from .national_ids import find_national_ids
 from .ner import find_entities
 from .phones import find_phones
 from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner
@@ -148,6 +149,7 @@ def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     candidates += vet_ner(text, ner)
     candidates += find_phones(text)
     candidates += find_dates(text)
+    candidates += find_national_ids(text)
     citations = [(c.start, c.end) for c in candidates if c.type == CITATION]
     candidates = [
         c for c in candidates
