@@ -31,6 +31,7 @@ from typing import Iterable, Literal
 
 from tunevault.server.privacy.sealing.encryption import open_plain
 
+from .addresses import extend_addresses
 from .dates import find_dates
 from .national_ids import find_national_ids
 from .ner import find_entities
@@ -155,7 +156,7 @@ def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
         c for c in candidates
         if c.type != CITATION and not (c.type in ("NAME", "LOCATION") and any(s <= c.start and c.end <= e for s, e in citations))
     ]
-    chosen = _resolve(_trim(text, c) for c in candidates)
+    chosen = _resolve(_trim(text, c) for c in extend_addresses(text, candidates))
     names = [(c.start, c.end) for c in chosen if c.type == "NAME"]
     if names:
         more = [c for c in propagate_names(text, names) if not any(s <= c.start and c.end <= e for s, e in citations)]
