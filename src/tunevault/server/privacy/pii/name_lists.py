@@ -31,6 +31,7 @@ from .lexicon import (
     census_names,
     us_places,
 )
+from .places import world_cities
 from .patterns import Candidate
 
 # Priorities (pii_patterns has the higher ones of shaped identifiers). A city after a preposition
@@ -375,7 +376,10 @@ def vet_ner(text: str, candidates: list[Candidate]) -> Iterator[Candidate]:
         if c.type == "NAME":
             cleaned = _clean_person(tokens, c.start, c.end)
             if cleaned and not _document_heading(text[cleaned[0]:cleaned[1]]):
-                yield Candidate(*cleaned, "NAME", c.priority)
+                span = text[cleaned[0]:cleaned[1]]
+                # The model reads "the Rotterdam depot" as a person; a world city that is no first name is a place.
+                kind = "LOCATION" if span in world_cities() and span not in tokens.firsts else "NAME"
+                yield Candidate(*cleaned, kind, c.priority)
         elif c.type == "LOCATION":
             place = _plausible_place(tokens, c.start, c.end, require_context=False)
             if place:

@@ -32,10 +32,12 @@ from typing import Iterable, Literal
 from tunevault.server.privacy.sealing.encryption import open_plain
 
 from .addresses import extend_addresses
+from .chat_names import find_chat_names
 from .dates import find_dates
 from .national_ids import find_national_ids
 from .ner import find_entities
 from .phones import find_phones
+from .places import find_world_places
 from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner
 from .patterns import CITATION, Candidate, find_patterns
 
@@ -151,6 +153,8 @@ def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     candidates += find_phones(text)
     candidates += find_dates(text)
     candidates += find_national_ids(text)
+    candidates += find_world_places(text)
+    candidates += find_chat_names(text)
     citations = [(c.start, c.end) for c in candidates if c.type == CITATION]
     candidates = [
         c for c in candidates
