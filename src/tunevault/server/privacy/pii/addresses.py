@@ -35,7 +35,8 @@ _UNIT = (
     r"|\d+[º°ª](?:[ \t]*[A-Za-z]+\.?)?|#\d+-\d+|\d+\.\s*OG(?:\s+\w+)?"
     r"|\d{1,3}(?=,)"  # Singapore: "Ang Mo Kio Ave 8, #07-1234"
 )
-_LOCALITY = rf"(?:Co\.\s+)?{_WORD}(?:[ \t]+(?:{_WORD}|\d{{1,2}}(?![\w-])|de|la|du|des|del|na|on|upon)){{0,3}}"
+_PLACE_WORD = rf"[{_UPPER}](?:[^\W\d_]|['’.-])*"  # no digits: "London NW1 6XE" is a town, then a postcode
+_LOCALITY = rf"(?:Co\.\s+)?{_PLACE_WORD}(?:[ \t]+(?:{_PLACE_WORD}|\d{{1,2}}(?![\w-])|de|la|du|des|del|na|on|upon)){{0,3}}"
 _NEXT = re.compile(
     rf"(?P<sep>,[ \t]*|[ \t]+-[ \t]+|[ \t]+)(?:(?P<post>{_POSTCODE})(?![\w-])|(?P<state>{_STATE})|(?P<unit>{_UNIT})|(?P<loc>{_LOCALITY}))"
 )
@@ -49,7 +50,22 @@ MAX_GROWTH = 90  # characters an address may grow by after the street
 
 
 def extend_addresses(text: str, candidates: Iterable[Candidate]) -> list[Candidate]:
-    return [_grow(text, c) if c.type == "ADDRESS" else c for c in candidates]
+    """Every ADDRESS candidate grown, and overlapping ones (the US pattern's and the model's) merged."""
+    others, grown = [], []
+    for c in candidates:
+        (grown if c.type == "ADDRESS" else others).append(_grow(text, c) if c.type == "ADDRESS" else c)
+    return others + _merge(sorted(grown, key=lambda c: (c.start, c.end)))
+
+
+def _merge(addresses: list[Candidate]) -> list[Candidate]:
+    merged: list[Candidate] = []
+    for c in addresses:
+        last = merged[-1] if merged else None
+        if last is not None and c.start < last.end:
+            merged[-1] = Candidate(last.start, max(last.end, c.end), "ADDRESS", max(last.priority, c.priority))
+        else:
+            merged.append(c)
+    return merged
 
 
 def _grow(text: str, c: Candidate) -> Candidate:

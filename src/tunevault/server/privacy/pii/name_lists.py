@@ -319,7 +319,7 @@ def _spacy_entities(tokens: _Tokens, entity_spans) -> Iterator[Candidate]:
     for start, end, label in entity_spans:
         if label in _PERSON_LABELS:
             cleaned = _clean_person(tokens, start, end)
-            if not cleaned:
+            if not cleaned or _document_heading(text[cleaned[0]:cleaned[1]]):
                 continue
             span = text[cleaned[0]:cleaned[1]]
             before = re.search(r"([A-Za-z]+)\s+$", text[max(0, cleaned[0] - 12):cleaned[0]])

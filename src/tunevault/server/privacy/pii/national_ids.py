@@ -73,7 +73,7 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _plausible(value: str, typ: str) -> bool:
-    if re.fullmatch(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}", value):
+    if re.fullmatch(r"\d{1,4}[/.-](?:0?[1-9]|1[0-2])[/.-]\d{2,4}", value):
         return False  # "visit 12/01/2022": a date after the keyword, found as a DATE
     compact = re.sub(r"[\s./-]", "", value)
     if not re.search(r"\d", compact) and typ != "ZIP":
