@@ -64,6 +64,9 @@ _ORG_WORDS = {
     "Securities", "Foundation", "Institute", "University", "College", "School", "Hospital", "Clinic",
     "Pharmacy", "Pharmaceuticals", "Labs", "Laboratories", "Technologies", "Systems", "Services",
     "Solutions", "Consulting", "Law", "Legal", "Firm", "Center", "Centre", "Health", "Healthcare",
+    # Company forms and words of other countries: "Caffè Roma Srl", "Fitzgerald Walsh Solicitors".
+    "Srl", "SpA", "GmbH", "AG", "KG", "BV", "NV", "SA", "SAS", "Sarl", "Pty", "Plc", "PLC", "Oy", "AB",
+    "Solicitors", "Attorneys", "Accountants", "Estates", "Realtors", "Agency", "Villas", "Hotel",
 }
 # Businesses whose names read like a person's.
 _FIRMS = {

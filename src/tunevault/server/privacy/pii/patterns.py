@@ -147,6 +147,7 @@ _REPORTER = (
 _CITATION = re.compile(
     rf"(?:\b(?:[A-Z][\w.'&-]*\s+){{0,5}}[A-Z][\w.'&-]*\s+v\.\s+(?:[A-Z][\w.'&-]*,?\s+){{0,7}}?[A-Z][\w.'&-]*,\s+{_REPORTER}"
     rf"|\b[A-Z][\w'-]+,\s+{_REPORTER}|\b\d{{4}}\s+WL\s+\d+"
+    r"|\b[A-Z][\w'’-]+ v [A-Z][\w'’-]+\s+[\[(](?:1[6-9]|20)\d\d[\])](?:\s+\d{1,4})?(?:\s+[A-Z][A-Za-z.]{0,8}\s+\d{1,5})?"  # Donoghue v Stevenson [1932] AC 562
     r"|\bFed\.\s?R\.\s?(?:Civ|Crim|Evid|App|Bankr)\.(?:\s?P\.)?)"
 )
 

@@ -60,3 +60,12 @@ def find_world_places(text: str) -> Iterator[Candidate]:
         if not context and (start == 0 or re.search(r"[.!?\n]\s*$", text[max(0, start - 3):start])):
             continue  # a capital at the start of a sentence proves nothing
         yield Candidate(start, end, "LOCATION", P_WORLD_PLACE)
+
+
+def relabel_city(text: str, c: Candidate) -> str:
+    """The type to report for a chosen span: a NAME that is exactly a world city and no common
+    first name is a LOCATION ("reach Rotterdam", "the Kraków team"), whichever detector named it."""
+    if c.type != "NAME":
+        return c.type
+    span = text[c.start:c.end]
+    return "LOCATION" if span in world_cities() and span not in census_names()[0] else "NAME"

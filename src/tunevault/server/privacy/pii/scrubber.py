@@ -37,7 +37,7 @@ from .dates import find_dates
 from .national_ids import find_national_ids
 from .ner import find_entities
 from .phones import find_phones
-from .places import find_world_places
+from .places import find_world_places, relabel_city
 from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner
 from .patterns import CITATION, Candidate, find_patterns
 
@@ -165,7 +165,7 @@ def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     if names:
         more = [c for c in propagate_names(text, names) if not any(s <= c.start and c.end <= e for s, e in citations)]
         chosen = _resolve(chosen + more + list(ages_after_names(text, names)))
-    return [Finding(c.start, c.end, c.type) for c in chosen]
+    return [Finding(c.start, c.end, relabel_city(text, c)) for c in chosen]
 
 
 def _trim(text: str, c: Candidate) -> Candidate:
