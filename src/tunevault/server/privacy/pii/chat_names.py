@@ -28,10 +28,13 @@ _CLOSING = re.compile(
     re.M | re.I,
 )
 _VOCATIVE = re.compile(rf"^({_NAME})(?:,[ \t]|[ \t]-[ \t])", re.M)
+# A lookahead, so that "hey its aoife" tries "its aoife" after "hey its" fails.
 _GREETING = re.compile(
-    r"\b(?:hi|hey+|hello|heyy+|thx|thanks|ty|cheers|tell|ask|its|it's|auntie|aunty|uncle|"
-    r"name is|i'm|im)[ \t]+([a-z][a-z'’-]{2,})\b(?![ \t]*[a-z]+[ \t]+(?:is|are)\b)"
+    r"(?=\b(?:hi|hey+|hello|thx|thanks|ty|cheers|tell|ask|its|it's|auntie|aunty|uncle|"
+    r"name is|i'm|im)[ \t]+([a-z][a-z'’-]{2,})\b(?![ \t]*[a-z]+[ \t]+(?:is|are)\b))"
 )
+# "ahmed's number is ...": a lower-case possessive before what people ask each other for.
+_POSSESSIVE = re.compile(r"\b([a-z]{3,})['’]s[ \t]+(?:number|phone|mobile|address|email|birthday|house|place)\b")
 # Capitalised words that open a line and are not people.
 _OPENERS = NOT_NAMES | {
     "However", "Also", "Ok", "Okay", "Sorry", "Well", "So", "Sure", "Great", "Perfect", "Noted",
@@ -44,7 +47,10 @@ _KIN = {"abuelo", "abuela", "oma", "opa", "nonna", "nonno", "coach", "auntie", "
         "mom", "dad", "nana", "grandma", "grandpa", "tante", "onkel", "tía", "tío", "tia", "tio"}
 _NOT_LOWER_NAMES = {"the", "you", "and", "not", "off", "out", "back", "here", "there", "fine", "good",
                     "all", "sorry", "sure", "done", "home", "late", "free", "busy", "going", "coming",
-                    "ok", "okay", "lol", "guys", "everyone", "team", "mate", "babe", "love", "bro", "sis"}
+                    "ok", "okay", "lol", "guys", "everyone", "team", "mate", "babe", "love", "bro", "sis",
+                    "its", "it's", "im", "i'm", "name", "just", "still", "really", "very", "so", "too",
+                    "for", "again", "there", "this", "that", "what", "who", "his", "her", "our", "your",
+                    "my", "mum", "mom", "dad", "everybody", "all", "both", "man", "girl", "boy", "someone"}
 
 
 def find_chat_names(text: str) -> Iterator[Candidate]:
@@ -62,7 +68,7 @@ def find_chat_names(text: str) -> Iterator[Candidate]:
         word = m.group(1)
         if word not in _OPENERS and word.lower() not in ROLE_WORDS and not word.endswith("ly") and word not in CREDENTIALS:
             yield Candidate(m.start(1), m.end(1), "NAME", P_CHAT_NAME - 2)
-    for m in _GREETING.finditer(text):
+    for m in [*_GREETING.finditer(text), *_POSSESSIVE.finditer(text)]:
         word = m.group(1)
         if word not in _NOT_LOWER_NAMES and (word.title() in firsts or len(word) >= 3) and word.title() not in NOT_NAMES:
             yield Candidate(m.start(1), m.end(1), "NAME", P_CHAT_NAME - 2)

@@ -234,6 +234,9 @@ Amtsgericht Verkäufer Käufer Vermieter Vermieterin Mieter Mieterin Mietminderu
 Richtwertmietzins Hauptbahnhof Dyspnoe Entlassung Aufnahme Agenda Lunch Claim Occupation Signed
 Licensee Licensor Lessee Lessor Qld Desk Maintenance Project Accounts Payable Receivable Abuela Abuelo
 Mum Mom Dad Nana Oma Opa Reception Support Admin Witness Premises Rent Deposit Cheers Outlook
+Oberärztin Oberarzt Chefarzt Chefärztin Assistenzarzt Klinik Kollegin Kollege Rehabilitationsklinik
+Zorgverzekeraar Huisarts Patiënt Patiënte Patientin Ontslag Hospitalisée Hospitalisé Médecin
+Colleague Colleagues Specialty Restart Episode Mater NYHA Medicine Geriatric Registrar Consultant
 """.split())
 
 

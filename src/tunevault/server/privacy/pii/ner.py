@@ -182,10 +182,22 @@ def _address(group: list[tuple[int, int, str]]) -> list[Candidate]:
             for s, e, k in group if k in ("CITY", "ZIP_CODE")]
 
 
+_CAPS_WORD = re.compile(r"\b[^\W\d_]{2,}(?:['’][^\W\d_]+)?\b")
+
+
+def _uncap(text: str) -> str:
+    """ "BETWEEN TE RANGI PARATA Plaintiff" -> "Between Te Rangi Parata Plaintiff": the model was
+    trained on mixed case and misses names in capitals. Same length, so offsets hold."""
+    def title(m: re.Match) -> str:
+        word = m.group()
+        return word.title() if word.isupper() and len(word.title()) == len(word) else word
+    return _CAPS_WORD.sub(title, text)
+
+
 def find_entities(texts: list[str]) -> list[list[Candidate]]:
     """Rampart's names and places in each text, as Candidates (offsets into that text)."""
     model = _load()
-    pieces = [(t, off, piece) for t, text in enumerate(texts) for off, piece in _chunks(text) if piece.strip()]
+    pieces = [(t, off, _uncap(piece)) for t, text in enumerate(texts) for off, piece in _chunks(text) if piece.strip()]
     encodings = model.tokenizer.encode_batch([p for _, _, p in pieces], add_special_tokens=True)
     out: list[list[Candidate]] = [[] for _ in texts]
     order = sorted(range(len(pieces)), key=lambda k: len(encodings[k].ids))  # batch like lengths
