@@ -43,8 +43,13 @@ _NEXT = re.compile(
 _BEFORE = re.compile(
     rf"(?:(?i:flat|unit|apt|apartment|suite|blk|block|level|shop|room)\.?[ \t]+[\w-]+(?:,[ \t]*|[ \t]+|/))"
     rf"(?:(?:(?i:block)[ \t]+\w+|{_WORD}(?:[ \t]+{_WORD}){{0,3}}),[ \t]*)*$"
-    r"|(?<![\w/])\d+[A-Z]?/$|(?i:blk)[ \t]+$|(?<!\w)C/[ \t]*$"
+    r"|(?<![\w/])\d+[A-Z]?/$|(?i:blk)[ \t]+$|(?<!\w)C/[ \t]*$|(?<![\w.])P$"
+    r"|(?<!\w)(?i:flat|unit|apt|apartment|suite|shop|room|h\.\s?no)\.?[ \t]*(?:No\.?[ \t]*)?$"  # "Flat No. 302"
+    rf"|(?<!\w){_WORD}[ \t]+(?:House|Court|Lodge|Cottage|Villa|Farm|Manor|Hall|Mansions),[ \t]*$"  # "Rathmore House, "
+    r"|(?<!\w)(?:Am|An der|Im|Auf der|Zum|Zur|In der)[ \t]+$"  # "Am Lindenhof 3b"
 )
+# A house number before a street written name-first: "12 bis, rue Victor Hugo".
+_NUMBER_BEFORE = re.compile(r"(?<![\w/.,])\d{1,5}[A-Za-z]?(?:[ \t]+(?:bis|ter))?,?[ \t]+$")
 _NOT_LOCALITY = NOT_NAMES | {"Tel", "Term", "Employer", "Mobile", "Phone", "Email", "DOB", "Carer", "GP", "Fax", "Ward"}
 MAX_GROWTH = 90  # characters an address may grow by after the street
 
@@ -71,8 +76,12 @@ def _merge(addresses: list[Candidate]) -> list[Candidate]:
 def _grow(text: str, c: Candidate) -> Candidate:
     start, end = c.start, c.end
     before = _BEFORE.search(text[max(0, start - 60):start])
+    if before is None and text[start:start + 1].isalpha():
+        before = _NUMBER_BEFORE.search(text[max(0, start - 12):start])
     if before:
         start = start - len(before.group())
+    while end < len(text) and text[end].isalnum():  # the model may stop inside a word ("QC H|3G")
+        end += 1
     end = _grow_after(text, end)
     return c if (start, end) == (c.start, c.end) else Candidate(start, end, c.type, c.priority + 1)
 
@@ -98,7 +107,7 @@ def _fits(kind: str, value: str, comma: bool, last: str, after: str) -> bool:
         return False
     if kind == "loc":
         words = value.split()
-        if words[0] in _NOT_LOCALITY or words[-1] in _NOT_LOCALITY:
+        if words[0] in _NOT_LOCALITY and (len(words) == 1 or words[0] not in ("New", "Cape", "Port", "Saint", "St", "San", "Santa", "Los", "Las", "Lower", "Upper", "North", "South", "East", "West", "Mount", "Fort", "Lake", "Great", "Little", "Old", "El", "La", "Le")):
             return False
         return comma or last == "post"
     if kind == "state":

@@ -489,3 +489,32 @@ def ages_after_names(text: str, names: list[tuple[int, int]]) -> Iterator[Candid
         m = _AGE_AFTER_NAME.match(text, end)
         if m and 90 <= int(m.group(1)) <= 125:
             yield Candidate(m.start(1), m.end(1), "AGE", 80)
+
+
+def whole_names(text: str, candidates: list[Candidate]) -> list[Candidate]:
+    """A NAME that holds a stronger but shorter NAME takes its priority: "MARGARET ANNE O'SULLIVAN"
+    from the model beats "MARGARET ANNE" from the census lists, so the surname is not left bare."""
+    names = [c for c in candidates if c.type == "NAME"]
+    out = []
+    for c in candidates:
+        if c.type == "NAME":
+            inside = [n.priority for n in names if c.start <= n.start and n.end <= c.end and (n.start, n.end) != (c.start, c.end)]
+            if inside and max(inside) > c.priority:
+                c = Candidate(c.start, c.end, "NAME", max(inside))
+        out.append(c)
+    return out
+
+
+_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(,:]))[A-Z]\.?[ \t]$")
+
+
+def with_initial(text: str, c: Candidate) -> Candidate:
+    """ "A. Whitfield", "G Tan": an initial right before a found surname belongs to the name."""
+    if c.type != "NAME":
+        return c
+    m = _INITIAL_BEFORE.search(text[max(0, c.start - 4):c.start])
+    if m and text[c.start - len(m.group()):c.start].strip() not in ("A", "I"):
+        return Candidate(c.start - len(m.group()), c.end, c.type, c.priority)
+    if m and text[c.start - len(m.group()):c.start] == "A. ":
+        return Candidate(c.start - 3, c.end, c.type, c.priority)
+    return c

@@ -38,7 +38,7 @@ from .national_ids import find_national_ids
 from .ner import find_entities
 from .phones import find_phones
 from .places import find_world_places, relabel_city
-from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner
+from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner, whole_names, with_initial
 from .patterns import CITATION, Candidate, find_patterns
 
 Mode = Literal["redact", "reject"]
@@ -160,11 +160,12 @@ def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
         c for c in candidates
         if c.type != CITATION and not (c.type in ("NAME", "LOCATION") and any(s <= c.start and c.end <= e for s, e in citations))
     ]
-    chosen = _resolve(_trim(text, c) for c in extend_addresses(text, candidates))
+    chosen = _resolve(_trim(text, c) for c in whole_names(text, extend_addresses(text, candidates)))
     names = [(c.start, c.end) for c in chosen if c.type == "NAME"]
     if names:
         more = [c for c in propagate_names(text, names) if not any(s <= c.start and c.end <= e for s, e in citations)]
         chosen = _resolve(chosen + more + list(ages_after_names(text, names)))
+    chosen = [with_initial(text, c) for c in chosen]
     return [Finding(c.start, c.end, relabel_city(text, c)) for c in chosen]
 
 
