@@ -31,7 +31,7 @@ _VOCATIVE = re.compile(rf"^({_NAME})(?:,[ \t]|[ \t]-[ \t])", re.M)
 # A lookahead, so that "hey its aoife" tries "its aoife" after "hey its" fails.
 _GREETING = re.compile(
     r"(?=\b(?:hi|hey+|hello|thx|thanks|ty|cheers|tell|ask|its|it's|auntie|aunty|uncle|"
-    r"name is|i'm|im)[ \t]+([a-z][a-z'’-]{2,})\b(?![ \t]*[a-z]+[ \t]+(?:is|are)\b))"
+    r"name is|i'm|im)[ \t]+([a-z][a-z'’-]{2,}(?:[ \t]+o['’][a-z]+)?)\b(?![ \t]*[a-z]+[ \t]+(?:is|are)\b))"
 )
 # "ahmed's number is ...": a lower-case possessive before what people ask each other for.
 _POSSESSIVE = re.compile(r"\b([a-z]{3,})['’]s[ \t]+(?:number|phone|mobile|address|email|birthday|house|place)\b")
@@ -50,7 +50,8 @@ _NOT_LOWER_NAMES = {"the", "you", "and", "not", "off", "out", "back", "here", "t
                     "ok", "okay", "lol", "guys", "everyone", "team", "mate", "babe", "love", "bro", "sis",
                     "its", "it's", "im", "i'm", "name", "just", "still", "really", "very", "so", "too",
                     "for", "again", "there", "this", "that", "what", "who", "his", "her", "our", "your",
-                    "my", "mum", "mom", "dad", "everybody", "all", "both", "man", "girl", "boy", "someone"}
+                    "my", "mum", "mom", "dad", "everybody", "all", "both", "man", "girl", "boy", "someone",
+                    "urgent", "important", "ready", "tired", "sick", "outside", "nearly", "almost"}
 
 
 def find_chat_names(text: str) -> Iterator[Candidate]:
@@ -70,7 +71,8 @@ def find_chat_names(text: str) -> Iterator[Candidate]:
             yield Candidate(m.start(1), m.end(1), "NAME", P_CHAT_NAME - 2)
     for m in [*_GREETING.finditer(text), *_POSSESSIVE.finditer(text)]:
         word = m.group(1)
-        if word not in _NOT_LOWER_NAMES and (word.title() in firsts or len(word) >= 3) and word.title() not in NOT_NAMES:
+        if (word not in _NOT_LOWER_NAMES and word not in ROLE_WORDS and word.title() not in NOT_NAMES
+                and (word.title() in firsts or len(word) >= 3)):
             yield Candidate(m.start(1), m.end(1), "NAME", P_CHAT_NAME - 2)
 
 
