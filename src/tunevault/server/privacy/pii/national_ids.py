@@ -42,7 +42,8 @@ _PHRASES: dict[str, str] = {
     "DEVICE_ID": r"meter",
     "ZIP": r"postcode|post\s+code|eircode|postal\s+code|code\s+postal|PLZ",
 }
-_CONNECT = r"(?:[ \w'’]{0,30}?\s:)?(?:\s*(?:number|numbers|no|nr|n°|nº|num|nummer|numéro|número|id|is|was|:|#|\.|-|\()(?![\w-]))*\s*\(?"
+_CONNECT = (r"(?:[ \w'’]{0,30}?\s:)?"  # "sécurité sociale de l'acquéreur :"
+            r"(?:\s*(?:(?:number|numbers|no|nr|n°|nº|num|nummer|numéro|número|id|is|was)(?![\w-])|[:#.(-]))*\s*\(?")
 # A value: letters and digits, joined by . / - or a single space before digits or 1-2 capitals.
 _VALUE = r"(?-i:(?P<v>[A-Z0-9](?:[A-Z0-9]|[./-](?=[A-Z0-9])|[ ](?=\d|[A-Z]{1,3}\b|[A-Z0-9]{3,4}\b))*))"
 _RULES = [

@@ -26,7 +26,8 @@ REGIONS = ("US", "GB", "IE", "AU", "NZ", "CA", "IN", "DE", "FR", "ES", "IT", "NL
 _PHONE_WORD = re.compile(
     r"\b(?:phone|tel|telephone|tél|telefon|telefono|teléfono|telefoon|mobile|mob|mobil|cell|móvil|cellulare|"
     r"handy|portable|landline|line|desk|direct|call|ring|ringa|bel|reach|text|sms|whatsapp|fax|m|t|"
-    r"(?:my|his|her|your|our|new|old)\s+(?:new\s+|old\s+)?(?:number|no|nr|nummer|numéro|número))\b",
+    r"(?:my|his|her|your|our|new|old)\s+(?:new\s+|old\s+)?(?:number|no|nr|nummer|numéro|número))\b"
+    r"|电话|電話|手机|手機|携帯|電話番号",  # Chinese and Japanese: no word boundaries between characters
     re.I,
 )
 _PHONE_AFTER = re.compile(r"\s*\((?:mobile|mob|home|work|cell|landline|office|direct)\)", re.I)
@@ -84,7 +85,7 @@ def _announced(text: str, start: int) -> bool:
     if not phone or (other and other[-1] > phone[-1]):
         return False
     between = window[phone[-1]:]
-    return bool(re.fullmatch(r"(?:\s*[:.#(]?\s*|(?:\W+\w{1,6}){0,3}\W*)", between))
+    return bool(re.fullmatch(r"(?:\s*[:.#(]?\s*|(?:\W+\w{1,6}){0,3}\W*|[是为為は：:]\s*)", between))
 
 
 def _looks_like_date_or_amount(raw: str) -> bool:
