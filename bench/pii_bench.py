@@ -18,10 +18,6 @@ drugs, lab values, scores, statutes, published case citations, ages under 90, ba
     blind_contracts  0.680 / 0.562 / 0.558   (146 rows, 276 entities)
     blind_chat       0.777 / 0.403 / 0.420   (139 rows, 181 entities)
     blind_discharge  0.728 / 0.605 / 0.621   (134 rows, 248 entities)
-  Since then the international detection (Rampart NER, phonenumbers, GeoNames, the dedicated
-  detectors in pii/) was built and tuned on their errors: THESE FOUR SETS ARE NO LONGER BLIND,
-  and their later figures are development figures. Only sets written after that can say how
-  the scrubber does on unseen text.
 
 Matching rule (the headline figures): a finding matches a labelled entity when the TYPE IS THE
 SAME and their character spans overlap with intersection-over-union >= 0.5; each entity matches
@@ -37,6 +33,10 @@ unit, city, state and ZIP when written together; LOCATION is a city, town or cou
 (states and countries are not identifiers); ZIP is a ZIP code outside an address; identifiers
 after a keyword ("MRN 123") exclude the keyword. Published case citations ("Roe v. Wade, 410 U.S.
 113") and statutes are not identifiers; parties in a firm's own case captions are NAMEs.
+
+The four pii_blind_{email,contracts,chat,discharge} sets are NO LONGER BLIND: the international
+detection (Rampart NER, phonenumbers, GeoNames and the dedicated detectors in pii/) was built and
+tuned on their errors after their first scores; their later figures are development figures.
 
 Printed per set: a table per type (precision, recall, F1, covered) and one SUMMARY line; --out
 writes all of it as JSON, with each set's file name and sha256.
