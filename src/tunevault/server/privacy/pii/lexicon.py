@@ -225,6 +225,20 @@ Though Because Unless Whether Either Neither Per Re Vs Etc Cal Super Ct Supp App
 Plt Hgb Hct Hb WBC RBC INR PTT BUN Cr Na Cl ALT AST ALP GGT LDH CK TSH HbA1c LDL HDL CRP ESR
 """.split())
 
+# The same outside English: closings, legal and clinical nouns (German capitalises every noun),
+# honorifics and party roles that an NER model or a capital letter takes for a name.
+NOT_NAMES |= set("""
+Grüßen Grüße Gruß Cordiali Saluti Cordialement Saludos Atentamente Groeten Lieben Nacht Tag Az Mag
+Reg Dña Sra Sr Sig Sig.ra Responsable Directrice Directeur Director Registergericht Landgericht
+Amtsgericht Verkäufer Käufer Vermieter Vermieterin Mieter Mieterin Mietminderung Hauptmietzins
+Richtwertmietzins Hauptbahnhof Dyspnoe Entlassung Aufnahme Agenda Lunch Claim Occupation Signed
+Licensee Licensor Lessee Lessor Qld Desk Maintenance Project Accounts Payable Receivable Abuela Abuelo
+Mum Mom Dad Nana Oma Opa Reception Support Admin Witness Premises Rent Deposit Cheers Outlook
+Oberärztin Oberarzt Chefarzt Chefärztin Assistenzarzt Klinik Kollegin Kollege Rehabilitationsklinik
+Zorgverzekeraar Huisarts Patiënt Patiënte Patientin Ontslag Hospitalisée Hospitalisé Médecin
+Colleague Colleagues Specialty Restart Episode Mater NYHA Medicine Geriatric Registrar Consultant
+""".split())
+
 
 @functools.lru_cache(maxsize=1)
 def census_names() -> tuple[frozenset[str], frozenset[str]]:

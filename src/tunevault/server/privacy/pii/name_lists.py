@@ -31,6 +31,7 @@ from .lexicon import (
     census_names,
     us_places,
 )
+from .places import world_cities
 from .patterns import Candidate
 
 # Priorities (pii_patterns has the higher ones of shaped identifiers). A city after a preposition
@@ -63,6 +64,9 @@ _ORG_WORDS = {
     "Securities", "Foundation", "Institute", "University", "College", "School", "Hospital", "Clinic",
     "Pharmacy", "Pharmaceuticals", "Labs", "Laboratories", "Technologies", "Systems", "Services",
     "Solutions", "Consulting", "Law", "Legal", "Firm", "Center", "Centre", "Health", "Healthcare",
+    # Company forms and words of other countries: "Caffè Roma Srl", "Fitzgerald Walsh Solicitors".
+    "Srl", "SpA", "GmbH", "AG", "KG", "BV", "NV", "SA", "SAS", "Sarl", "Pty", "Plc", "PLC", "Oy", "AB",
+    "Solicitors", "Attorneys", "Accountants", "Estates", "Realtors", "Agency", "Villas", "Hotel",
 }
 # Businesses whose names read like a person's.
 _FIRMS = {
@@ -89,6 +93,7 @@ _PLACE_PREPOSITIONS = {"in", "from", "near", "outside", "around", "of", "to", "a
 _NON_PLACES = set(US_STATES) | COUNTRIES | REGIONS | STATE_ABBREVIATIONS
 _COUNTY = re.compile(r"\b(?:[A-Z][a-z]+(?:[ -][A-Z][a-z]+)?|St\. [A-Z][a-z]+) (?:County|Parish|Borough)\b")
 _PERSON_LABELS = {"PERSON"}
+_HEADING_WORDS = {"AGREEMENT", "TENANCY", "RESIDENTIAL", "CONTRACT", "LEASE", "DEED", "WILL", "TESTAMENT", "SUMMARY", "DISCHARGE", "DECLARATION", "STATUTORY", "NOTICE", "ORDER", "COURT", "HIGH", "IN", "THE", "OF", "AND"}
 _FIRMS_RE = re.compile(r"\b(?:" + "|".join(sorted((re.escape(f) for f in _FIRMS), key=len, reverse=True)) + r")\b")
 _PLACE_LABELS = {"GPE", "LOC"}
 
@@ -317,7 +322,7 @@ def _spacy_entities(tokens: _Tokens, entity_spans) -> Iterator[Candidate]:
     for start, end, label in entity_spans:
         if label in _PERSON_LABELS:
             cleaned = _clean_person(tokens, start, end)
-            if not cleaned:
+            if not cleaned or _document_heading(text[cleaned[0]:cleaned[1]]):
                 continue
             span = text[cleaned[0]:cleaned[1]]
             before = re.search(r"([A-Za-z]+)\s+$", text[max(0, cleaned[0] - 12):cleaned[0]])
@@ -327,25 +332,68 @@ def _spacy_entities(tokens: _Tokens, entity_spans) -> Iterator[Candidate]:
             else:
                 yield Candidate(*cleaned, "NAME", P_SPACY_PERSON)
         elif label in _PLACE_LABELS:
-            span = text[start:end]
-            if span.lower().startswith("the "):
-                start, span = start + 4, span[4:]
-            words = span.split()
-            if (
-                span in _NON_PLACES
-                or not words
-                or any(not w[0].isupper() and w not in ("of", "de", "la", "del") for w in words)
-                or re.search(r"\d|\.", span)
-                or (span.isupper() and span not in cities)
-                or (len(words) == 1 and (span in NOT_NAMES or span in EPONYMS or span in CREDENTIALS or span in DRUG_NAMES))
-                or (len(words) == 1 and span in tokens.firsts and span not in cities)
-            ):
-                continue
-            before = re.search(r"([A-Za-z]+)\s+$", text[max(0, start - 12):start])
-            known = span in cities or span in counties
-            placed = before is not None and before.group(1).lower() in ("in", "near", "from", "to", "outside", "around", "of")
-            if known or placed or re.match(rf",\s*(?:{'|'.join(US_STATES)}|[A-Z]{{2}}\b)", text[end:end + 20]):
-                yield Candidate(start, end, "LOCATION", P_SPACY_PLACE)
+            place = _plausible_place(tokens, start, end, require_context=True)
+            if place:
+                yield Candidate(*place, "LOCATION", P_SPACY_PLACE)
+
+
+def _plausible_place(tokens: _Tokens, start: int, end: int, require_context: bool) -> tuple[int, int] | None:
+    """A model's place span without a leading "the", or None when it is no place a reader could find.
+    With require_context, the place must also be a known US city or county, follow a preposition,
+    or be followed by a state."""
+    text = tokens.text
+    cities, counties = us_places()
+    span = text[start:end]
+    if span.lower().startswith("the "):
+        start, span = start + 4, span[4:]
+    words = span.split()
+    if (
+        span in _NON_PLACES
+        or not words
+        or any(not w[0].isupper() and w not in ("of", "de", "la", "del") for w in words)
+        or re.search(r"\d|\.", span)
+        or (span.isupper() and span not in cities)
+        or (len(words) == 1 and (span in NOT_NAMES or span in EPONYMS or span in CREDENTIALS or span in DRUG_NAMES or _drug_like(span)))
+        or (len(words) == 1 and span in tokens.firsts and span not in cities)
+        or tokens.followed_by_eponym_word(end)
+    ):
+        return None
+    if not require_context:
+        return start, end
+    before = re.search(r"([A-Za-z]+)\s+$", text[max(0, start - 12):start])
+    known = span in cities or span in counties
+    placed = before is not None and before.group(1).lower() in ("in", "near", "from", "to", "outside", "around", "of")
+    if known or placed or re.match(rf",\s*(?:{'|'.join(US_STATES)}|[A-Z]{{2}}\b)", text[end:end + 20]):
+        return start, end
+    return None
+
+
+def vet_ner(text: str, candidates: list[Candidate]) -> Iterator[Candidate]:
+    """The NER model's names and places, cleaned and checked as spaCy's are (titles, eponyms,
+    drugs, firms, lab values out); addresses pass as they are."""
+    tokens = _Tokens(text)
+    firms = [(m.start(), m.end()) for m in _FIRMS_RE.finditer(text)]
+    for c in candidates:
+        if any(s < c.end and c.start < e for s, e in firms):
+            continue
+        if c.type == "NAME":
+            cleaned = _clean_person(tokens, c.start, c.end)
+            if cleaned and not _document_heading(text[cleaned[0]:cleaned[1]]):
+                span = text[cleaned[0]:cleaned[1]]
+                # The model reads "the Rotterdam depot" as a person; a world city that is no first name is a place.
+                kind = "LOCATION" if span in world_cities() and span not in tokens.firsts else "NAME"
+                yield Candidate(*cleaned, kind, c.priority)
+        elif c.type == "LOCATION":
+            place = _plausible_place(tokens, c.start, c.end, require_context=False)
+            if place:
+                yield Candidate(*place, "LOCATION", c.priority)
+        elif c.type != "ZIP":  # a postcode alone is found by its keyword (patterns), not by shape
+            yield c
+
+
+def _document_heading(span: str) -> bool:
+    """ "RESIDENTIAL TENANCY AGREEMENT": capitals that name a document, not a person."""
+    return any(w.title() in NOT_NAMES or w.upper() in _HEADING_WORDS for w in span.split()) if span.isupper() else False
 
 
 def _clean_person(tokens: _Tokens, start: int, end: int) -> tuple[int, int] | None:
@@ -441,3 +489,32 @@ def ages_after_names(text: str, names: list[tuple[int, int]]) -> Iterator[Candid
         m = _AGE_AFTER_NAME.match(text, end)
         if m and 90 <= int(m.group(1)) <= 125:
             yield Candidate(m.start(1), m.end(1), "AGE", 80)
+
+
+def whole_names(text: str, candidates: list[Candidate]) -> list[Candidate]:
+    """A NAME that holds a stronger but shorter NAME takes its priority: "MARGARET ANNE O'SULLIVAN"
+    from the model beats "MARGARET ANNE" from the census lists, so the surname is not left bare."""
+    names = [c for c in candidates if c.type == "NAME"]
+    out = []
+    for c in candidates:
+        if c.type == "NAME":
+            inside = [n.priority for n in names if c.start <= n.start and n.end <= c.end and (n.start, n.end) != (c.start, c.end)]
+            if inside and max(inside) > c.priority:
+                c = Candidate(c.start, c.end, "NAME", max(inside))
+        out.append(c)
+    return out
+
+
+_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(,:]))[A-Z]\.?[ \t]$")
+
+
+def with_initial(text: str, c: Candidate) -> Candidate:
+    """ "A. Whitfield", "G Tan": an initial right before a found surname belongs to the name."""
+    if c.type != "NAME":
+        return c
+    m = _INITIAL_BEFORE.search(text[max(0, c.start - 4):c.start])
+    if m and text[c.start - len(m.group()):c.start].strip() not in ("A", "I"):
+        return Candidate(c.start - len(m.group()), c.end, c.type, c.priority)
+    if m and text[c.start - len(m.group()):c.start] == "A. ":
+        return Candidate(c.start - 3, c.end, c.type, c.priority)
+    return c

@@ -41,7 +41,10 @@ _DOMAIN = re.compile(r"(?<![\w.@/:-])[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)+(?P<path
 _TLDS = {"com", "org", "net", "edu", "gov", "io", "us", "info", "biz", "health", "law", "example", "uk", "ca", "au", "de", "ie", "nz", "in", "co", "me", "ly"}
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\w|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])")
+_IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])"
+    r"|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4}(?![\w:])"  # 2001:db8::8a2e:370:7334
+)
 _MAC = re.compile(r"(?<![\w:-])(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}(?![\w:-])")
 _IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-])")
@@ -147,6 +150,7 @@ _REPORTER = (
 _CITATION = re.compile(
     rf"(?:\b(?:[A-Z][\w.'&-]*\s+){{0,5}}[A-Z][\w.'&-]*\s+v\.\s+(?:[A-Z][\w.'&-]*,?\s+){{0,7}}?[A-Z][\w.'&-]*,\s+{_REPORTER}"
     rf"|\b[A-Z][\w'-]+,\s+{_REPORTER}|\b\d{{4}}\s+WL\s+\d+"
+    r"|\b[A-Z][\w'’-]+ v [A-Z][\w'’-]+\s+[\[(](?:1[6-9]|20)\d\d[\])](?:\s+\d{1,4})?(?:\s+[A-Z][A-Za-z.]{0,8}\s+\d{1,5})?"  # Donoghue v Stevenson [1932] AC 562
     r"|\bFed\.\s?R\.\s?(?:Civ|Crim|Evid|App|Bankr)\.(?:\s?P\.)?)"
 )
 
@@ -190,7 +194,7 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _is_fax(text: str, start: int, end: int) -> bool:
+def is_fax(text: str, start: int, end: int) -> bool:
     """Whether the phone number at start:end is announced as a fax number in the same clause."""
     if re.match(r"\s*(?:\((?:fax|facsimile)\)|(?:fax|facsimile)\b(?!\s*(?:no\.?|number|#)?\s*:))", text[end:end + 16], re.I):
         return True
@@ -232,10 +236,10 @@ def find_patterns(text: str) -> Iterator[Candidate]:
     for m in _PHONE.finditer(text):
         if len(re.sub(r"\D", "", m.group())) < 10:
             continue
-        yield Candidate(m.start(), m.end(), "FAX" if _is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE)
+        yield Candidate(m.start(), m.end(), "FAX" if is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE)
     for m in _PHONE_SHORT.finditer(text):
         if _PHONE_WORDS.search(text[max(0, m.start() - 30):m.start()]):
-            yield Candidate(m.start(), m.end(), "FAX" if _is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE - 2)
+            yield Candidate(m.start(), m.end(), "FAX" if is_fax(text, m.start(), m.end()) else "PHONE", P_PHONE - 2)
     yield from _dates(text)
     for m in _AGE.finditer(text):
         group = next(g for g in ("n", "m", "b", "w") if m.group(g))

@@ -31,7 +31,14 @@ from typing import Iterable, Literal
 
 from tunevault.server.privacy.sealing.encryption import open_plain
 
-from .name_lists import ages_after_names, find_names_and_places, propagate_names
+from .addresses import extend_addresses
+from .chat_names import find_chat_names
+from .dates import find_dates
+from .national_ids import find_national_ids
+from .ner import find_entities
+from .phones import find_phones
+from .places import find_world_places, relabel_city
+from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner, whole_names, with_initial
 from .patterns import CITATION, Candidate, find_patterns
 
 Mode = Literal["redact", "reject"]
@@ -139,20 +146,27 @@ def _resolve(candidates: Iterable[Candidate]) -> list[Candidate]:
     return chosen
 
 
-def _analyze(text: str, doc) -> list[Finding]:
+def _analyze(text: str, doc, ner: list[Candidate]) -> list[Finding]:
     candidates = list(find_patterns(text))
     candidates += find_names_and_places(text, doc)
+    candidates += vet_ner(text, ner)
+    candidates += find_phones(text)
+    candidates += find_dates(text)
+    candidates += find_national_ids(text)
+    candidates += find_world_places(text)
+    candidates += find_chat_names(text)
     citations = [(c.start, c.end) for c in candidates if c.type == CITATION]
     candidates = [
         c for c in candidates
         if c.type != CITATION and not (c.type in ("NAME", "LOCATION") and any(s <= c.start and c.end <= e for s, e in citations))
     ]
-    chosen = _resolve(_trim(text, c) for c in candidates)
+    chosen = _resolve(_trim(text, c) for c in whole_names(text, extend_addresses(text, candidates)))
     names = [(c.start, c.end) for c in chosen if c.type == "NAME"]
     if names:
         more = [c for c in propagate_names(text, names) if not any(s <= c.start and c.end <= e for s, e in citations)]
         chosen = _resolve(chosen + more + list(ages_after_names(text, names)))
-    return [Finding(c.start, c.end, c.type) for c in chosen]
+    chosen = [with_initial(text, c) for c in chosen]
+    return [Finding(c.start, c.end, relabel_city(text, c)) for c in chosen]
 
 
 def _trim(text: str, c: Candidate) -> Candidate:
@@ -170,14 +184,24 @@ def _needs_nlp(text: str) -> bool:
 
 
 def scan_many(texts: list[str], batch_size: int = 256) -> list[list[Finding]]:
-    """scan() for many texts at once; spaCy batches them, which is several times faster."""
+    """scan() for many texts at once; spaCy and the NER model batch them, which is several times
+    faster. A text repeated in the batch (a system prompt on every row) is scanned once."""
+    unique = list(dict.fromkeys(texts))
+    found = dict(zip(unique, _scan_unique(unique, batch_size)))
+    return [list(found[t]) for t in texts]
+
+
+def _scan_unique(texts: list[str], batch_size: int) -> list[list[Finding]]:
     need = [i for i, t in enumerate(texts) if _needs_nlp(t)]
     docs: list = [None] * len(texts)
+    entities: list[list[Candidate]] = [[] for _ in texts]
     if need:
         nlp = _load_nlp()
         for i, doc in zip(need, nlp.pipe((texts[i] for i in need), batch_size=batch_size)):
             docs[i] = doc
-    return [_analyze(text, doc) for text, doc in zip(texts, docs)]
+        for i, found in zip(need, find_entities([texts[i] for i in need])):
+            entities[i] = found
+    return [_analyze(text, doc, ner) for text, doc, ner in zip(texts, docs, entities)]
 
 
 def scan(text: str) -> list[Finding]:
