@@ -21,7 +21,8 @@ drugs, lab values, scores, statutes, published case citations, ages under 90, ba
 - pii_blind_{intake,casework}.jsonl (sets blind_intake, blind_casework): a second blind round written
   on 2026-12-05 (clinic intake, triage, pharmacy and lab messages; legal casework), built by
   data/build_pii_blind2.py; first score (main 82675bc) P/R/covered 0.751/0.532/0.541 intake,
-  0.679/0.515/0.509 casework (README_pii_sets.md).
+  0.679/0.515/0.509 casework;
+  rebuilt scrubber (ae7db78), scored once: 0.786/0.749/0.751 intake, 0.783/0.779/0.770 casework.
 
 Matching rule (the headline figures): a finding matches a labelled entity when the TYPE IS THE
 SAME and their character spans overlap with intersection-over-union >= 0.5; each entity matches
