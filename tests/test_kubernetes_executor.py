@@ -118,8 +118,10 @@ def test_the_executor_applies_follows_and_deletes_through_kubectl(tmp_path: Path
     assert _container(applied)["resources"]["limits"]["nvidia.com/gpu"] == 2
     worker.terminate()
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls[0] == "apply -f -"
-    assert calls[1] == "-n ml logs -f --pod-running-timeout=24h job/tunevault-job-1"
-    assert calls[2] == "-n ml wait --for=condition=Complete --timeout=120s job/tunevault-job-1"
-    assert calls[3].startswith("-n ml delete job tunevault-job-1 --ignore-not-found")
+    # A previous attempt's Job (same name, kept for its TTL) is deleted first, or apply would be a no-op.
+    assert calls[0] == "-n ml delete job tunevault-job-1 --ignore-not-found --cascade=foreground --wait=true"
+    assert calls[1] == "apply -f -"
+    assert calls[2] == "-n ml logs -f --pod-running-timeout=24h job/tunevault-job-1"
+    assert calls[3] == "-n ml wait --for=condition=Complete --timeout=120s job/tunevault-job-1"
+    assert calls[4].startswith("-n ml delete job tunevault-job-1 --ignore-not-found")
     assert worker.log_path == tmp_path / "jobs" / "job_1" / "worker.log"

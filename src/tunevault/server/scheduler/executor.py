@@ -11,6 +11,7 @@ from typing import IO, Protocol
 
 from tunevault.server.scheduler.devices import visible_devices
 from tunevault.server.scheduler.launch import worker_argv
+from tunevault.server.scheduler.leftovers import signal_group
 
 
 @dataclass
@@ -34,8 +35,10 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """Kills the worker and everything it started: under torchrun the ranks are the agent's children,
+        and a rank left alive would keep its GPU after the claim has handed it to the next job."""
         if self.process.poll() is None:
-            self.process.kill()
+            signal_group(self.process.pid, signal.SIGKILL)
 
 
 class Executor(Protocol):

@@ -166,16 +166,18 @@ class KubernetesWorker(WorkerProcess):
     namespace: str = "default"
 
     def terminate(self) -> None:
-        self._delete(["--wait=false"])
+        delete_job(self.kubectl, self.namespace, self.job_id, ["--wait=false"])
 
     def kill(self) -> None:
-        self._delete(["--wait=false", "--grace-period=0", "--force"])
+        delete_job(self.kubectl, self.namespace, self.job_id, ["--wait=false", "--grace-period=0", "--force"])
         super().kill()
 
-    def _delete(self, flags: list[str]) -> None:
-        subprocess.run([*self.kubectl, "-n", self.namespace, "delete", "job", job_name(self.job_id),
-                        "--ignore-not-found", "--cascade=foreground", *flags],
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
+
+def delete_job(kubectl: Sequence[str], namespace: str, job_id: str, flags: list[str]) -> None:
+    """Deletes a job's Kubernetes Job and its pod (SIGTERM, then the pod's grace); absent is fine."""
+    subprocess.run([*kubectl, "-n", namespace, "delete", "job", job_name(job_id),
+                    "--ignore-not-found", "--cascade=foreground", *flags],
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
 
 
 class KubernetesExecutor:
@@ -191,6 +193,9 @@ class KubernetesExecutor:
         """Applies the job's manifest, then follows its pod. In a cluster `devices` is a budget, not
         device indexes: the pod asks for that many GPUs and the device plugin picks which."""
         manifest = job_manifest(self.settings, job_id, gpus=len(devices))
+        # A retry, resume or recovery reuses the job's name: the previous attempt's Job (kept for its
+        # TTL) would make `apply` a no-op and `logs -f` replay the old pod, so it goes first.
+        delete_job(self.kubectl, self.settings.namespace, job_id, ["--wait=true"])
         subprocess.run([*self.kubectl, "apply", "-f", "-"], input=json.dumps(manifest), text=True,
                        capture_output=True, timeout=120, check=True)
         job_dir = self.local.jobs_dir / job_id

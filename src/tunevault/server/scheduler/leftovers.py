@@ -20,6 +20,18 @@ def _is_worker_of(pid: int, job_id: str) -> bool:
     return b"tunevault.server.worker.train" in cmdline and job_id.encode() in cmdline
 
 
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signals a worker's whole process group when it leads one (executors start each in its own
+    session), else the process alone; a process that is already gone is not an error."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def ensure_worker_gone(pid: int | None, job_id: str, grace_seconds: float) -> None:
     """Asks a leftover worker to checkpoint and exit (SIGTERM), and kills it after the grace.
 
@@ -39,10 +51,7 @@ def ensure_worker_gone(pid: int | None, job_id: str, grace_seconds: float) -> No
             return
         time.sleep(0.1)
     log.warning("previous worker of %s (pid %d) ignored SIGTERM; killing it", job_id, pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    signal_group(pid, signal.SIGKILL)
     while _is_worker_of(pid, job_id) and not _is_zombie(pid):
         time.sleep(0.05)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 PARENT_ENV = "TUNEVAULT_PARENT_PID"
@@ -23,5 +24,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if expected.isdigit() and os.getppid() != int(expected):
+    if expected.isdigit() and _launcher_parent() != int(expected):
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
+
+
+def _launcher_parent() -> int:
+    """The pid of whoever started the job: under torchrun a rank's parent is torchrun's agent, and the
+    agent's parent is the server (the kernel's death signal then follows the agent, which forwards a
+    SIGTERM to every rank)."""
+    parent = os.getppid()
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return parent
+    try:
+        return int(Path(f"/proc/{parent}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return parent
