@@ -49,8 +49,8 @@ _NOT_LOWER_NAMES = {"the", "you", "and", "not", "off", "out", "back", "here", "t
                     "all", "sorry", "sure", "done", "home", "late", "free", "busy", "going", "coming",
                     "ok", "okay", "lol", "guys", "everyone", "team", "mate", "babe", "love", "bro", "sis",
                     "its", "it's", "im", "i'm", "name", "just", "still", "really", "very", "so", "too",
-                    "for", "again", "there", "this", "that", "what", "who", "his", "her", "our", "your",
-                    "my", "mum", "mom", "dad", "everybody", "all", "both", "man", "girl", "boy", "someone",
+                    "for", "again", "this", "that", "what", "who", "his", "her", "our", "your",
+                    "my", "mum", "mom", "dad", "everybody", "both", "man", "girl", "boy", "someone",
                     "urgent", "important", "ready", "tired", "sick", "outside", "nearly", "almost"}
 
 

@@ -31,8 +31,8 @@ from .lexicon import (
     census_names,
     us_places,
 )
-from .places import world_cities
 from .patterns import Candidate
+from .places import world_cities
 
 # Priorities (pii_patterns has the higher ones of shaped identifiers). A city after a preposition
 # ("in Long Beach") outranks a first-name-plus-surname match, but not a title or a role word.

@@ -40,7 +40,7 @@ def world_cities() -> frozenset[str]:
         return frozenset()  # the US gazetteer still runs; nothing is downloaded
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "cities15000.json"
     # Read the two fields with a regular expression instead of json.load: the whole table as
-    # Python objects costs about 80 MiB of peak memory in the API server, the text scan a fifth.
+    # Python objects costs about 80 MiB of peak memory in each scrubbing worker, the text scan a fifth.
     names = {json.loads(f'"{m.group(1)}"') for m in _RECORD.finditer(path.read_text(encoding="utf-8"))
              if int(m.group(2)) >= MIN_POPULATION}
     return frozenset(names - NOT_NAMES - EPONYMS - set(US_STATES) - COUNTRIES)

