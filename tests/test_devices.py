@@ -48,6 +48,18 @@ def test_the_flag_wins_then_the_environment_then_nvidia_smi(fake_nvidia_smi: Non
     assert configured_gpus("1") == (1,)
 
 
+def test_a_failing_nvidia_smi_is_an_error_not_a_cpu_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A driver not loaded yet must not turn a GPU box into a CPU box that fails every GPU job."""
+    binary = tmp_path / "nvidia-smi"
+    binary.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("TUNEVAULT_GPUS", raising=False)
+    with pytest.raises(ValueError, match="nvidia-smi is installed but failed.*--gpus"):
+        configured_gpus(None)
+    assert configured_gpus("none") == ()
+
+
 def test_without_nvidia_smi_a_box_has_no_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("TUNEVAULT_GPUS", raising=False)

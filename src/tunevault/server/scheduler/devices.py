@@ -30,14 +30,19 @@ def parse_gpus(text: str) -> tuple[int, ...]:
 
 
 def nvidia_smi_gpus() -> tuple[int, ...]:
-    """The indexes `nvidia-smi -L` lists ("GPU 0: NVIDIA H100 ..."); none when it is absent or fails."""
+    """The indexes `nvidia-smi -L` lists ("GPU 0: NVIDIA H100 ..."); none when it is absent.
+
+    An nvidia-smi that is there but fails (driver not loaded yet, a hung GPU) is an error, not a CPU
+    box: starting without the GPUs would fail every queued job that asked for one.
+    """
     binary = shutil.which("nvidia-smi")
     if binary is None:
         return ()
     try:
         listing = subprocess.run([binary, "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ValueError(f"nvidia-smi is installed but failed ({type(error).__name__}); fix the driver, or "
+                         f"pass --gpus (e.g. --gpus none for a CPU-only start)") from None
     return tuple(int(match) for match in _GPU_LINE.findall(listing))
 
 
