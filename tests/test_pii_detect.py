@@ -59,3 +59,12 @@ def test_ner_reads_the_installed_model_files_and_handles_long_texts() -> None:
     found = ner.find_entities([text, "no names here"])
     assert [text[c.start:c.end] for c in found[0] if c.type == "NAME"] == ["Oluwaseun Adeyemi"]
     assert found[1] == []
+
+
+def test_a_piece_that_encodes_past_the_models_positions_is_read_to_its_end() -> None:
+    """CJK text takes about a token a character, so a 1,200-character piece is over 512 tokens: the
+    name after the first 510 was never read when the piece was clipped; it is cut again instead."""
+    text = "病院の記録" * 190 + " Please ask Oluwaseun Adeyemi to sign."
+    assert len(text) < ner.CHUNK_CHARS  # one piece, as the text alone would be cut
+    names = [text[c.start:c.end] for c in ner.find_entities([text])[0] if c.type == "NAME"]
+    assert names == ["Oluwaseun Adeyemi"]

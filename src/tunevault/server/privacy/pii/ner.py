@@ -22,6 +22,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .patterns import Candidate
 
@@ -87,13 +88,13 @@ def _load() -> _Model:
     return _model
 
 
-def _chunks(text: str) -> list[tuple[int, str]]:
-    """(offset, piece) pieces of about CHUNK_CHARS, cut at line breaks or spaces."""
-    if len(text) <= CHUNK_CHARS:
+def _chunks(text: str, size: int = CHUNK_CHARS) -> list[tuple[int, str]]:
+    """(offset, piece) pieces of about `size` characters, cut at line breaks or spaces."""
+    if len(text) <= size:
         return [(0, text)]
     out, at = [], 0
     while at < len(text):
-        end = min(len(text), at + CHUNK_CHARS)
+        end = min(len(text), at + size)
         if end < len(text):
             cut = max(text.rfind("\n", at, end), text.rfind(" ", at, end))
             end = cut + 1 if cut > at else end
@@ -121,7 +122,8 @@ def _labels(model: _Model, encodings: list) -> list[list[str]]:
             for r, e in enumerate(encodings)]
 
 
-def raw_spans(text: str, labels: list[str], offsets: list[tuple[int, int]], words: list[int | None]) -> list[tuple[int, int, str]]:
+def raw_spans(text: str, labels: list[str], offsets: list[tuple[int, int]],
+              words: list[int | None]) -> list[tuple[int, int, str]]:
     """BIO tokens -> (start, end, label) spans with "first sub-word" aggregation.
 
     A word takes its first piece's label (the model often tags every piece of "Tucson" B-CITY).
@@ -200,26 +202,29 @@ def _uncap(text: str) -> str:
 def find_entities(texts: list[str]) -> list[list[Candidate]]:
     """Rampart's names and places in each text, as Candidates (offsets into that text)."""
     model = _load()
-    pieces = [(t, off, _uncap(piece)) for t, text in enumerate(texts) for off, piece in _chunks(text) if piece.strip()]
-    encodings = model.tokenizer.encode_batch([p for _, _, p in pieces], add_special_tokens=True)
+    pieces = _fitting_pieces(model, [(t, off, _uncap(piece)) for t, text in enumerate(texts)
+                                     for off, piece in _chunks(text) if piece.strip()])
     out: list[list[Candidate]] = [[] for _ in texts]
-    order = sorted(range(len(pieces)), key=lambda k: len(encodings[k].ids))  # batch like lengths
-    for at in range(0, len(order), BATCH):
-        chunk = order[at:at + BATCH]
-        for k, labels in zip(chunk, _labels(model, [_clip(encodings[k]) for k in chunk])):
-            t, off, piece = pieces[k]
-            e = encodings[k]
+    pieces.sort(key=lambda p: len(p[3].ids))  # batch like lengths
+    for at in range(0, len(pieces), BATCH):
+        batch = pieces[at:at + BATCH]
+        for (t, off, piece, e), labels in zip(batch, _labels(model, [p[3] for p in batch])):
             spans = raw_spans(piece, labels, e.offsets[:len(labels)], e.word_ids[:len(labels)])
             out[t] += [Candidate(c.start + off, c.end + off, c.type, c.priority) for c in to_candidates(piece, spans)]
     return out
 
 
-class _Clipped:
-    """An encoding cut to the model's length (a piece of CHUNK_CHARS rarely exceeds it)."""
-
-    def __init__(self, e) -> None:
-        self.ids = e.ids[:MAX_TOKENS + 1] + ([e.ids[-1]] if len(e.ids) > MAX_TOKENS + 2 else [])
-
-
-def _clip(e):
-    return e if len(e.ids) <= MAX_TOKENS + 2 else _Clipped(e)
+def _fitting_pieces(model: _Model, pieces: list[tuple[int, int, str]]) -> list[tuple[int, int, str, Any]]:
+    """(text index, offset, piece, encoding), each within the model's positions: a piece that encodes to
+    more tokens (CJK text, long digit runs) is cut again at half its size, so no part goes unread."""
+    fitting: list[tuple[int, int, str, Any]] = []
+    while pieces:
+        encodings = model.tokenizer.encode_batch([piece for _, _, piece in pieces], add_special_tokens=True)
+        too_long: list[tuple[int, int, str]] = []
+        for (t, off, piece), e in zip(pieces, encodings):
+            if len(e.ids) <= MAX_TOKENS + 2:
+                fitting.append((t, off, piece, e))
+            else:
+                too_long += [(t, off + at, part) for at, part in _chunks(piece, len(piece) // 2) if part.strip()]
+        pieces = too_long
+    return fitting
