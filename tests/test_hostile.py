@@ -174,6 +174,26 @@ def test_refused_and_cross_tenant_calls_are_audited_and_logged(live) -> None:
     assert wrong_secret not in log and secrets["b-viewer"] not in log
 
 
+def test_an_unauthenticated_flood_is_audited_up_to_a_cap_per_host(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """Refusals come before any rate limit, so each would append to the audit chain: one host gets the
+    first DENIALS_AUDITED_BURST of them audited, then one a second; every call is still refused."""
+    from tunevault.server.api.auth import DENIALS_AUDITED_BURST, DENIALS_AUDITED_PER_SECOND
+
+    server = start_server(tmp_path / "data", tiny_models_dir, "--max-concurrent-jobs", "0")
+    try:
+        began = time.monotonic()
+        with grpc.insecure_channel(server.address) as channel:
+            for _ in range(int(DENIALS_AUDITED_BURST) + 60):
+                code, _ = raw_call(channel, "/tunevault.v1.TuneVault/GetStatus", False, False,
+                                   [pb.GetStatusRequest().SerializeToString()], ())
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+        elapsed = time.monotonic() - began
+        audited = len(_audit_rows(server))
+    finally:
+        server.stop()
+    assert DENIALS_AUDITED_BURST <= audited <= DENIALS_AUDITED_BURST + DENIALS_AUDITED_PER_SECOND * elapsed + 1
+
+
 def test_two_authorization_headers_are_refused_without_echoing_either(live) -> None:
     server, secrets, _, _ = live
     metadata = (("authorization", f"Bearer {server.admin_token}"), ("authorization", f"Bearer {secrets['a']}"))

@@ -102,6 +102,15 @@ def bootstrap_admin_token(store: Store, preset_secret: str | None) -> str | None
     return None if preset_secret else secret
 
 
+DENIALS_AUDITED_BURST = 100.0
+DENIALS_AUDITED_PER_SECOND = 1.0
+
+
+def peer_host(peer: str) -> str:
+    """ "ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7": a caller's host, whichever port it dials from."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 class TokenBuckets:
     """A request rate limit per token: `rate` per second on average, bursts up to `burst`."""
 
@@ -126,6 +135,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, store: Store, buckets: TokenBuckets) -> None:
         self.store = store
         self.buckets = buckets
+        # Refusals are audited per calling host, up to DENIALS_AUDITED_BURST at once and then
+        # DENIALS_AUDITED_PER_SECOND: the rate limit only starts once a token is known, so without
+        # this an unauthenticated flood would grow the audit chain and hold its write lock.
+        self.denials = TokenBuckets(DENIALS_AUDITED_PER_SECOND, DENIALS_AUDITED_BURST)
 
     def _identify(self, context: grpc.ServicerContext) -> Principal:
         """The principal whose token the call carries; Unauthenticated without exactly one good one."""
@@ -153,7 +166,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             principal = self._identify(context)
             self._authorize(method, principal)
         except (Unauthenticated, PermissionDenied) as error:
-            record_denial(self.store, *current_call_site(), error, principal)
+            method, peer = current_call_site()
+            if self.denials.take(peer_host(peer)):
+                record_denial(self.store, method, peer, error, principal)
             raise
         if not self.buckets.take(principal.token_id):
             raise ResourceExhausted(f"rate limit exceeded: rate_limit_per_second={self.buckets.rate:g}")
