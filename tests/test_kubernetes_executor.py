@@ -89,6 +89,9 @@ def test_settings_from_the_environment_name_what_is_missing() -> None:
                                   "TUNEVAULT_K8S_DATA_CLAIM": "d", "TUNEVAULT_K8S_QUEUE_NAME": "q",
                                   "TUNEVAULT_K8S_CO_LOCATE_WITH": '{"a": "b"}'})
     assert (settings.queue_name, settings.co_locate_with) == ("q", {"a": "b"})
+    required = {"TUNEVAULT_K8S_NAMESPACE": "ml", "TUNEVAULT_K8S_IMAGE": "i", "TUNEVAULT_K8S_DATA_CLAIM": "d"}
+    with pytest.raises(ValueError, match="TUNEVAULT_K8S_TOLERATIONS is not valid JSON"):
+        settings_from_env({**required, "TUNEVAULT_K8S_TOLERATIONS": "[{key: gpu}]"})
 
 
 STAND_IN_KUBECTL = """#!/bin/sh

@@ -241,6 +241,15 @@ def settings_from_env(environ: Mapping[str, str]) -> ClusterSettings:
         gpu_resource=get("GPU_RESOURCE", "nvidia.com/gpu"), queue_name=get("QUEUE_NAME") or None,
         master_key_secret=get("MASTER_KEY_SECRET") or None,
         master_key_secret_key=get("MASTER_KEY_SECRET_KEY", "master-key"),
-        co_locate_with=json.loads(get("CO_LOCATE_WITH", "{}")), node_selector=json.loads(get("NODE_SELECTOR", "{}")),
-        tolerations=tuple(json.loads(get("TOLERATIONS", "[]"))),
+        co_locate_with=_json_setting(environ, "CO_LOCATE_WITH", "{}"),
+        node_selector=_json_setting(environ, "NODE_SELECTOR", "{}"),
+        tolerations=tuple(_json_setting(environ, "TOLERATIONS", "[]")),
     )
+
+
+def _json_setting(environ: Mapping[str, str], name: str, default: str) -> Any:
+    """A JSON-valued TUNEVAULT_K8S_* setting; a malformed one is named, with where it broke."""
+    try:
+        return json.loads(environ.get(ENV_PREFIX + name, default))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{ENV_PREFIX}{name} is not valid JSON (line {error.lineno} column {error.colno})") from None
