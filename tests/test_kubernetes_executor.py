@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tunevault.server.scheduler.executor import LocalProcessExecutor
+from tunevault.server.scheduler.executor import LocalProcessExecutor, StartUnavailable
 from tunevault.server.scheduler.kubernetes import (
     QUEUE_LABEL,
     ClusterSettings,
@@ -128,3 +128,15 @@ def test_the_executor_applies_follows_and_deletes_through_kubectl(tmp_path: Path
     assert calls[3] == "-n ml wait --for=condition=Complete --timeout=120s job/tunevault-job-1"
     assert calls[4].startswith("-n ml delete job tunevault-job-1 --ignore-not-found")
     assert worker.log_path == tmp_path / "jobs" / "job_1" / "worker.log"
+
+
+def test_an_api_server_that_refuses_apply_is_a_start_to_retry(tmp_path: Path) -> None:
+    """A brief API-server outage must not fail every job it meets for good: the scheduler retries
+    StartUnavailable with backoff, counting it against max_attempts."""
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text('#!/bin/sh\ncase " $* " in *" apply "*) echo "connection refused" >&2; exit 1 ;; esac\n')
+    kubectl.chmod(0o755)
+    (tmp_path / "jobs" / "job_1").mkdir(parents=True)
+    executor = KubernetesExecutor(FULL, LocalProcessExecutor("python", tmp_path / "jobs"), kubectl=[str(kubectl)])
+    with pytest.raises(StartUnavailable, match=r"kubectl apply failed \(exit 1\): connection refused"):
+        executor.start("job_1", devices=(0,))

@@ -41,6 +41,10 @@ class WorkerProcess:
             signal_group(self.process.pid, signal.SIGKILL)
 
 
+class StartUnavailable(RuntimeError):
+    """The place a worker runs could not take it just now (a cluster's API server down): retried later."""
+
+
 class Executor(Protocol):
     """What the scheduler needs of an executor: start a job's worker, or a job's validation step."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunevault.server.scheduler.executor import LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.executor import LocalProcessExecutor, StartUnavailable, WorkerProcess
 from tunevault.server.scheduler.launch import worker_argv
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -196,8 +196,14 @@ class KubernetesExecutor:
         # A retry, resume or recovery reuses the job's name: the previous attempt's Job (kept for its
         # TTL) would make `apply` a no-op and `logs -f` replay the old pod, so it goes first.
         delete_job(self.kubectl, self.settings.namespace, job_id, ["--wait=true"])
-        subprocess.run([*self.kubectl, "apply", "-f", "-"], input=json.dumps(manifest), text=True,
-                       capture_output=True, timeout=120, check=True)
+        try:
+            subprocess.run([*self.kubectl, "apply", "-f", "-"], input=json.dumps(manifest), text=True,
+                           capture_output=True, timeout=120, check=True)
+        except subprocess.CalledProcessError as error:
+            raise StartUnavailable(f"kubectl apply failed (exit {error.returncode}): "
+                                   f"{(error.stderr or '').strip()[-300:]}") from None
+        except subprocess.TimeoutExpired:
+            raise StartUnavailable("kubectl apply did not answer within 120 s") from None
         job_dir = self.local.jobs_dir / job_id
         with (job_dir / "follow.log").open("ab") as log:
             # The pod may wait in Kueue's queue or for a node; logs -f waits for it to run, then streams

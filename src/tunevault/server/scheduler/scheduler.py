@@ -23,7 +23,7 @@ from tunevault.server.metrics import Metrics
 from tunevault.server.model_store import find_model
 from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.privacy.sealing.keys import default_store
-from tunevault.server.scheduler.executor import Executor, LocalProcessExecutor, WorkerProcess
+from tunevault.server.scheduler.executor import Executor, LocalProcessExecutor, StartUnavailable, WorkerProcess
 from tunevault.server.scheduler.leftovers import ensure_worker_gone
 from tunevault.server.scheduler.outcome import WorkerReport, failure
 from tunevault.server.scheduler.validation import JobValidations
@@ -182,6 +182,11 @@ class Scheduler:
         try:
             self._write_spec(job)
             worker = self.executor.start(job.id, job.devices)
+        except StartUnavailable as error:
+            log.warning("could not start job %s yet: %s", job.id, error)
+            self.store.record_failure(job.id, "UNAVAILABLE", str(error),
+                                      retry_after=self._backoff(len(job.error_history) + 1))
+            return
         except Exception as error:  # noqa: BLE001 - a job that cannot start fails alone
             log.exception("could not start job %s", job.id)
             self.store.record_failure(job.id, "INTERNAL", f"could not start the worker: {error}", retry_after=None)
