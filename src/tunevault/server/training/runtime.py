@@ -46,10 +46,11 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def set_threads() -> int:
+def set_threads(processes: int = 1) -> int:
+    """Threads for this process: the CPUs shared among the job's `processes` (its ranks under torchrun)."""
     import torch
 
-    threads = available_cpus()
+    threads = max(1, available_cpus() // processes)
     torch.set_num_threads(threads)
     return threads
 

@@ -30,6 +30,7 @@ from tunevault.server.training.atomic_dir import atomic_dir
 from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
 from tunevault.server.training.canary_audit import MemorizationAudit
 from tunevault.server.training.checkpoints import TrainState
+from tunevault.server.training.distributed import Ranks
 from tunevault.server.training.dp_sgd import DPStep, plan_and_announce
 from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
@@ -70,8 +71,10 @@ def _file_digest(path: Path | None) -> str:
 class QLoRATrainer:
     """Fine-tunes one job: 4-bit NF4 base, LoRA adapters, AdamW on the adapters only."""
 
-    def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag) -> None:
+    def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag, ranks: Ranks | None = None) -> None:
         self.spec = spec
+        # Under torchrun: this process's rank (distributed.py); rank 0 alone writes anything.
+        self.ranks = ranks or Ranks()
         self.events = events
         self.stop = stop
         self.state = TrainState()
@@ -84,8 +87,8 @@ class QLoRATrainer:
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
-        self.threads = set_threads()
-        self.device = quantized_model.pick_device()
+        self.threads = set_threads(self.ranks.world_size)
+        self.device = self.ranks.device() if self.ranks.distributed else quantized_model.pick_device()
         self.compute_dtype = quantized_model.pick_compute_dtype(self.device)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
@@ -103,6 +106,9 @@ class QLoRATrainer:
         self.total_steps = self.hp.max_steps
         self.accumulation = self.hp.gradient_accumulation_steps
         self.dp_enabled = self.hp.dp
+        if self.dp_enabled and self.ranks.distributed:
+            # Poisson sampling and per-example clipping are accounted for one process's draws.
+            raise hp.HyperparameterError("dp", "differential privacy runs on one device; ask for one GPU")
         pad = self.tokenizer.pad_token_id
         # Packs hold at most max_seq_len tokens and a micro-batch at most batch_size packs: the
         # same worst-case memory as batch_size padded rows, without the padding.
@@ -152,6 +158,7 @@ class QLoRATrainer:
         quantized_model.pin_cpu_weight_layout(self.model)
         self.hp = self.hp.with_target_modules(quantized_model.lora_target_names(self.model))
         self.params = quantized_model.trainable_parameters(self.model)
+        self.ranks.broadcast_parameters(self.params)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
         )
@@ -246,7 +253,8 @@ class QLoRATrainer:
         if scores is None:
             with self.model.disable_adapter():
                 scores = baseline_cache.Baseline(eval_loss(self.model, self.eval_set, self.stop), self._accuracy())
-            baseline_cache.store(self.base_entry, key, scores)
+            if self.ranks.is_main:
+                baseline_cache.store(self.base_entry, key, scores)
         loss, accuracy = scores.loss, scores.accuracy
         self.state.base_eval_loss, self.state.base_accuracy = loss, accuracy
         metrics = {"step": 0, "base_eval_loss": loss, "base_eval_cached": float(cached is not None)}
@@ -290,7 +298,9 @@ class QLoRATrainer:
         """Keep the adapter of the best eval so far on disk; count evals since it."""
         if self.state.best_eval_loss is None or loss < self.state.best_eval_loss:
             self.state.best_eval_loss, self.state.best_step, self.state.evals_since_best = loss, step, 0
-            checkpoints.save_best_adapter(self.spec.checkpoint_dir, self.model)
+            if self.ranks.is_main:
+                checkpoints.save_best_adapter(self.spec.checkpoint_dir, self.model)
+            self.ranks.barrier()  # every rank may restore it at the end
         else:
             self.state.evals_since_best += 1
 
@@ -332,7 +342,8 @@ class QLoRATrainer:
         self.model.train()
         while self.state.step < self.total_steps:
             # The step boundary: the only place a stop request is acted on during training.
-            if self.stop.requested:
+            # Every rank stops at the same step: one that went on would wait for the others forever.
+            if self.ranks.any(self.stop.requested, self.device):
                 self.save_checkpoint()
                 raise StopRequested()
             started = time.perf_counter()
@@ -405,10 +416,12 @@ class QLoRATrainer:
         # token counts the same whichever micro-batch it is in.
         step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
         loss_total = torch.zeros((), device=self.device)
-        for batch in micro_batches:
+        for batch in self.ranks.share(micro_batches):  # all of them in a single process
             loss_sum, _ = summed_token_loss(self.model, batch)
             (loss_sum / step_label_tokens).backward()
             loss_total += loss_sum.detach()
+        self.ranks.sum_gradients(self.params)
+        loss_total = self.ranks.sum(loss_total)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
         self.optimizer.step()
@@ -416,6 +429,8 @@ class QLoRATrainer:
         return micro_batches, loss_total
 
     def save_checkpoint(self) -> None:
+        if not self.ranks.is_main:
+            return  # every rank holds the same state; rank 0's copy is the one all resume from
         started = time.perf_counter()
         path = checkpoints.save_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state)
         self.events.emit(
@@ -478,6 +493,8 @@ class QLoRATrainer:
         return result
 
     def _export(self, result: dict[str, float]) -> None:
+        if not self.ranks.is_main:
+            return
         output = self.spec.output_dir
         # A previous attempt that finished exporting but not reporting is replaced by this run's result.
         with atomic_dir(output) as staging:
