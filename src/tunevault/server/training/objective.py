@@ -24,11 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunevault.server.contract import memory_estimate
 from tunevault.server.training.batching import Batch
 from tunevault.server.training.tokenization import IGNORE_INDEX
 
-CHUNKED_LOGITS_BYTES = 64 * 1024**2  # float32 logits of the labelled positions past which they are chunked
-CE_CHUNK_POSITIONS = 256  # positions per chunk: 50 MB of float32 logits over a 49k vocabulary
+# Past this many bytes of float32 labelled logits they are chunked, CE_CHUNK_POSITIONS at a time
+# (50 MB of logits per chunk over a 49k vocabulary); the memory estimate counts the same.
+CHUNKED_LOGITS_BYTES = memory_estimate.CHUNKED_LOGITS_BYTES
+CE_CHUNK_POSITIONS = memory_estimate.CE_CHUNK_POSITIONS
 # Families whose forward changes the logits after lm_head (soft-capping, scaling): never chunked,
 # as the chunks would skip that step.
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")

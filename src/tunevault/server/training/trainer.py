@@ -23,7 +23,7 @@ import torch
 from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract.events import EventWriter
 from tunevault.server.contract.job_spec import JobSpec, check_fits_model
-from tunevault.server.contract.memory_estimate import estimate_peak_memory
+from tunevault.server.contract.memory_estimate import device_limit, estimate_peak_memory
 from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.training import baseline_cache, canary_audit, checkpoints, quantized_model
 from tunevault.server.training.atomic_dir import atomic_dir
@@ -38,7 +38,12 @@ from tunevault.server.training.job_data import JobData, prepare_job_data
 from tunevault.server.training.lr_schedule import make_scheduler
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.report import write_report
-from tunevault.server.training.runtime import measured_peak_bytes, seed_everything, set_threads
+from tunevault.server.training.runtime import (
+    measured_peak_bytes,
+    return_freed_memory_to_os,
+    seed_everything,
+    set_threads,
+)
 from tunevault.server.training.stopping import StopFlag, StopRequested
 
 log = logging.getLogger("tunevault.worker")
@@ -47,6 +52,7 @@ EVAL_BATCH_ROWS = 16  # no gradients at eval: bigger batches amortise 4-bit dequ
 MAX_STEP_EVENTS = 1000  # long jobs report every k-th step so the event store stays small
 TRAIN_LOSS_TAIL_STEPS = 10  # the reported train_loss is the token-weighted mean of the last steps
 MEMORY_HEADROOM = 0.9  # share of the GPU's free memory a job may plan to use without checkpointing
+CPU_ACTIVATION_BUDGET_SHARE = 0.1  # share of the host's memory a CPU job's activations may take without checkpointing
 
 
 def perplexity(loss: float) -> float:
@@ -89,6 +95,8 @@ class QLoRATrainer:
 
         self.threads = set_threads(self.ranks.world_size)
         self.device = self.ranks.device() if self.ranks.distributed else quantized_model.pick_device()
+        if self.device.type == "cpu":
+            return_freed_memory_to_os()  # glibc's heap would otherwise keep most of a step's freed activations
         self.compute_dtype = quantized_model.pick_compute_dtype(self.device)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
@@ -198,18 +206,26 @@ class QLoRATrainer:
         return canary_secrets.restore(self.hp.canary_secrets, self.spec.output_dir.parent, keys=None)
 
     def _gradient_checkpointing(self) -> bool:
-        """As asked; on "auto", only on a GPU that could not hold the job's activations otherwise."""
+        """As asked; on "auto", when the job's activations would take too much of the device's memory otherwise.
+
+        On a GPU: when the estimate without checkpointing exceeds the free memory (less headroom).
+        On a CPU: when the activations alone would pass CPU_ACTIVATION_BUDGET_SHARE of the memory a
+        job may use. There the recompute costs about a fifth of a step (measured in
+        bench/memory_bench.py), while the activations of a modest job (SmolLM2-135M, batch 8 x 372
+        tokens: 6 GB, the bulk of a 10 GB peak) would crowd out other jobs and the page cache.
+        """
         setting = self.hp.gradient_checkpointing
         if setting is not None:
             return setting
-        if self.device.type != "cuda":
-            return False  # a CPU job has memory to spare and no compute to spare
-        free_bytes, _ = torch.cuda.mem_get_info(self.device)
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
         labels = max(r.label_count for r in self.data.train)
-        without = estimate_peak_memory(config, self.hp.with_gradient_checkpointing(False), device="cuda",
+        without = estimate_peak_memory(config, self.hp.with_gradient_checkpointing(False), device=self.device.type,
                                        label_tokens_per_row=labels)
-        return without.total > MEMORY_HEADROOM * free_bytes
+        if self.device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(self.device)
+            return without.total > MEMORY_HEADROOM * free_bytes
+        limit = device_limit(None, "cpu").bytes or 0
+        return without.activations > CPU_ACTIVATION_BUDGET_SHARE * limit
 
     def _fingerprint(self) -> str:
         """What a checkpoint must agree on to be resumed: data, base model and hyperparameters.
