@@ -96,3 +96,25 @@ def test_a_killed_rank_fails_the_run_and_the_restart_resumes_from_the_checkpoint
     assert steps[0] >= killed_after + 1 and steps[-1] == HP["max_steps"]
     assert f"resumed from {tmp_path / 'job' / 'checkpoints'}" in resumed.log
     assert resumed.events[-1]["type"] == "result"
+
+
+def test_sigterm_pauses_every_rank_at_one_step_with_a_checkpoint_and_the_restart_finishes(
+        tmp_path: Path, tiny_models_dir: Path, train_file: Path) -> None:
+    """Pause and cancel are a SIGTERM to torchrun, which forwards it to every rank: they agree on the step to stop at."""
+    write_job(tmp_path, "job", tiny_models_dir / TINY, train_file, {**HP, "checkpoint_every": 0})
+    process = start_ranks(tmp_path, "job", ranks=2)
+    assert process.stdout is not None
+    events = []
+    for line in process.stdout:
+        events.append(json.loads(line))
+        if events[-1]["type"] == "step" and events[-1]["metrics"]["step"] >= 2:
+            process.send_signal(signal.SIGTERM)
+            break
+    events.extend(json.loads(line) for line in process.stdout)
+    process.wait(300)
+    saved = [int(e["metrics"]["step"]) for e in events if e["type"] == "checkpoint"]
+    assert len(saved) == 1 and 2 <= saved[0] < HP["max_steps"]  # rank 0 wrote the one checkpoint of the stop
+
+    resumed = run_ranks(tmp_path, "job", ranks=2)
+    assert resumed.returncode == 0, resumed.log
+    assert [int(e["metrics"]["step"]) for e in resumed.of_type("step")] == list(range(saved[0] + 1, HP["max_steps"] + 1))
