@@ -210,8 +210,8 @@ class QLoRATrainer:
 
         On a GPU: when the estimate without checkpointing exceeds the free memory (less headroom).
         On a CPU: when the activations alone would pass CPU_ACTIVATION_BUDGET_SHARE of the memory a
-        job may use. There the recompute costs about a fifth of a step (measured in
-        bench/memory_bench.py), while the activations of a modest job (SmolLM2-135M, batch 8 x 372
+        job may use. The recompute costs compute (not yet timed cleanly on CPU: bench/memory_bench.py
+        ran on a contended host), while the activations of a modest job (SmolLM2-135M, batch 8 x 372
         tokens: 6 GB, the bulk of a 10 GB peak) would crowd out other jobs and the page cache.
         """
         setting = self.hp.gradient_checkpointing
