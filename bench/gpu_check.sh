@@ -7,8 +7,10 @@
 #   there:  bash bench/gpu_check.sh         (carry: .gpu; figures and logs land in $OUT)
 #
 # Stages, each logged: versions and the GPU, then bench/train_compare.py on a random-weight
-# Llama-3-8B shape at seq 2048 (RUNS runs per arm, alternated; 3 by default). RUNS, STEPS,
-# ACCUMULATION and BUDGET_S shrink it when a run must fit in less time.
+# Llama-3-8B shape at seq 2048 (RUNS runs per arm, alternated; 3 by default), then
+# bench/ddp_check.py over every visible GPU (skipped, with a line saying so, below 2 GPUs; not yet
+# run on real GPUs: written on a CPU-only machine). RUNS, STEPS, ACCUMULATION, BUDGET_S and
+# DDP_BUDGET_S shrink it when a run must fit in less time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -16,7 +18,8 @@ mkdir -p "$OUT"
 STEPS=${STEPS:-4}
 RUNS=${RUNS:-3}
 ACCUMULATION=${ACCUMULATION:-8}
-BUDGET_S=${BUDGET_S:-540}
+BUDGET_S=${BUDGET_S:-480}
+DDP_BUDGET_S=${DDP_BUDGET_S:-90}
 started=$SECONDS
 
 # Our wheels go into their own folder ahead of the image's packages; --no-deps keeps the image's
@@ -50,4 +53,14 @@ timeout "$left" python3 bench/train_compare.py --device cuda --model llama3-8b-s
   2>&1 | grep -v "Loading weights" | tee "$OUT/train_compare_cuda.log"
 status=${PIPESTATUS[0]}
 echo "train_compare exit $status after $((SECONDS - started)) s" | tee -a "$OUT/train_compare_cuda.log"
-exit "$status"
+
+# Multi-GPU stage: the same tiny job as one process and under torchrun over every visible GPU
+# (nccl), as the scheduler launches a job asking for several; prints SKIPPED on a one-GPU box.
+left=$((BUDGET_S + DDP_BUDGET_S - (SECONDS - started)))
+(( left > 60 )) || left=60
+timeout "$left" python3 bench/ddp_check.py --tokenizer-dir .gpu/tokenizer --out "$OUT/ddp_check.json" \
+  2>&1 | tee "$OUT/ddp_check.log"
+ddp_status=${PIPESTATUS[0]}
+echo "ddp_check exit $ddp_status after $((SECONDS - started)) s" | tee -a "$OUT/ddp_check.log"
+(( status != 0 )) && exit "$status"
+exit "$ddp_status"

@@ -125,3 +125,24 @@ def test_create_job_refuses_a_job_that_would_not_fit(tmp_path: Path, tiny_models
             assert spec["memory_estimate"]["batch_size"] == 2
     finally:
         server.stop()
+
+
+SMOLLM2_135M = {  # the model store's smollm2-135m-instruct config.json, as far as the estimate reads it
+    "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+    "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+}
+
+
+def test_long_answers_count_one_chunk_of_logits() -> None:
+    short = me.estimate_peak_memory(TINY, HP, label_tokens_per_row=4)
+    long = me.estimate_peak_memory(TINY, resolved(batch_size=8, max_seq_len=1024, lora_r=8), label_tokens_per_row=1000)
+    assert short.logits == 2 * 4 * 49152 * 4 * me.LOGIT_COPIES  # under the chunking threshold: all of them
+    assert long.logits == me.CE_CHUNK_POSITIONS * 49152 * 4 * me.LOGIT_COPIES
+
+
+@pytest.mark.parametrize(("checkpointing", "measured_gib"), [(False, 6.97), (True, 1.23)])
+def test_the_cpu_estimate_is_calibrated_on_the_licence_size_job(checkpointing: bool, measured_gib: float) -> None:
+    """bench/memory_bench.py's job (SmolLM2-135M, batch 8 x 372, a few answer tokens a row), as measured on CPU."""
+    job = resolved(batch_size=8, max_seq_len=372, lora_r=16, lora_alpha=32, lora_dropout=0.05)
+    estimate = me.estimate_peak_memory(SMOLLM2_135M, job.with_gradient_checkpointing(checkpointing), label_tokens_per_row=4)
+    assert estimate.total / me.GIB == pytest.approx(measured_gib, rel=0.15)

@@ -13,16 +13,21 @@ The model, per part (CPU figures calibrated on SmolLM2-135M, bitsandbytes 0.50.2
   checkpointing (CPU) a layer keeps about 69 KB per token on SmolLM2 (measured 69.5 KB with
   saved-tensor hooks, this formula gives 68.4 KB); with checkpointing (CUDA) a layer keeps only its
   input, and one layer is recomputed in full during backward.
-- logits: float32 logits, their log-softmax and gradient for the labelled positions only.
+- logits: float32 logits, their log-softmax and gradient for the labelled positions only; past
+  CHUNKED_LOGITS_BYTES the objective computes them CE_CHUNK_POSITIONS at a time (training/objective.py).
 - runtime: Python, torch and the libraries on CPU; the CUDA context and cuBLAS workspaces on GPU.
-- allocator: what the measured peak holds beyond the tensors themselves (freed blocks glibc keeps,
-  backward-pass temporaries), as a share of the activations. Measured on CPU: about 0.7x with a
-  fixed batch shape, about 1x in real jobs, whose packed batches change shape every step.
+- allocator: what the measured peak holds beyond the tensors themselves (backward-pass
+  temporaries, freed blocks the allocator keeps), as a share of the activations. On CPU the worker
+  fixes glibc's mmap threshold (runtime.return_freed_memory_to_os); with glibc's default, freed
+  activations stayed in the heap and this share was 0.7x to 1x.
 
-Calibration (CPU, SmolLM2-135M, r=16 on all linear layers, triage example, batch 8 x 153 tokens):
-this estimates 5.97 GB; the worker's ru_maxrss was 5.81 GB after 8 steps (warm cache) and 6.26 GB
-after 2 steps (cold). At CreateJob the longest row is guessed from its bytes (204 tokens for 153
-real), which makes the preflight figure 7.65 GB. The CUDA constants are not yet calibrated.
+Calibration (CPU, SmolLM2-135M, r=16 on all linear layers, the licence-size job of
+bench/memory_bench.py: batch 8 x 372 tokens, measured ru_maxrss over 3 steps and an eval):
+- without checkpointing, glibc default: measured 9.87-10.26 GiB (the code before issue 25);
+- without checkpointing, fixed mmap threshold: measured 6.97 GiB, estimated 7.18 GiB;
+- with checkpointing (the CPU worker's choice for this job), fixed mmap threshold: see
+  CALIBRATION below and bench/results/memory_bench.json.
+The CUDA constants are not yet calibrated.
 """
 
 from __future__ import annotations
@@ -53,8 +58,12 @@ ACTIVATION_BYTES = {"cpu": FLOAT32, "cuda": 2}
 QUANT_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # NF4 nibbles, uint8 absmax per 64, fp32 per 256 blocks
 ADAMW_BYTES_PER_LORA_PARAM = 4 * FLOAT32  # weight, gradient, exp_avg, exp_avg_sq
 LOGIT_COPIES = 3  # logits, log-softmax saved for backward, their gradient
+# The objective's chunking of long answers (training/objective.py reads these): past this many
+# bytes of float32 labelled logits it projects and scores CE_CHUNK_POSITIONS positions at a time.
+CHUNKED_LOGITS_BYTES = 64 * MIB
+CE_CHUNK_POSITIONS = 256
 RUNTIME_BYTES = {"cpu": 600 * MIB, "cuda": 1 * GIB}
-ALLOCATOR_SHARE = {"cpu": 1.0, "cuda": 0.2}  # cpu measured (module docstring); cuda a guess for torch's caching allocator
+ALLOCATOR_SHARE = {"cpu": 0.2, "cuda": 0.2}  # cpu measured (module docstring); cuda a guess for torch's caching allocator
 # Token ids held by the worker as Python lists (ids and labels): a pointer and an int object each.
 TOKENIZED_BYTES_PER_TOKEN = 2 * (8 + 28)
 DATASET_BYTES_PER_TOKEN = 3  # chat text in UTF-8: about 3-4 bytes a token (SmolLM2 on the triage set: 3.0-4.2)
@@ -149,6 +158,11 @@ def _lora_floats_per_token(targets: list[tuple[int, int]], r: int, dropout: floa
     return r * len(targets), 0  # nn.Identity: A reads the input the base layer saved anyway
 
 
+def _logit_positions(labelled: int, vocab: int) -> int:
+    """Labelled positions whose logits are in memory at once: all, or one chunk once they are chunked."""
+    return labelled if labelled * vocab * FLOAT32 <= CHUNKED_LOGITS_BYTES else min(labelled, CE_CHUNK_POSITIONS)
+
+
 def estimate_peak_memory(
     config: dict[str, Any],
     hyperparameters: ResolvedHyperparameters,
@@ -195,7 +209,7 @@ def estimate_peak_memory(
         "full_precision_weights": full * width,
         "lora_training_state": lora_params * ADAMW_BYTES_PER_LORA_PARAM,
         "activations": activations,
-        "logits": labelled * shape.vocab * FLOAT32 * LOGIT_COPIES,
+        "logits": _logit_positions(labelled, shape.vocab) * shape.vocab * FLOAT32 * LOGIT_COPIES,
         "runtime": RUNTIME_BYTES[device],
         "allocator": math.ceil(activations * ALLOCATOR_SHARE[device]),
         "dataset": dataset_tokens * TOKENIZED_BYTES_PER_TOKEN if device == "cpu" else 0,

@@ -6,6 +6,13 @@ micro-batch it landed in. Logits are computed only where a label follows (batch.
 found on the CPU when the batch was made, so nothing here waits on the device): for a
 classification answer that is a handful of positions per row, and skipping the rest avoids most
 of the vocabulary projection (49k x hidden per position on SmolLM2).
+
+A job with long answers still has many labelled positions, and their float32 logits (with the
+log-softmax and gradient cross-entropy keeps) grow as positions x vocabulary: 3 x 800 MB for 8
+rows of 1,000 answer tokens on SmolLM2. Past CHUNKED_LOGITS_BYTES the model returns hidden states
+at those positions instead (its lm_head swapped for an identity during the forward), and the
+projection and cross-entropy run in chunks of CE_CHUNK_POSITIONS, each recomputed in backward
+rather than kept: the logits are never all in memory at once.
 """
 
 from __future__ import annotations
@@ -17,8 +24,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunevault.server.contract import memory_estimate
 from tunevault.server.training.batching import Batch
 from tunevault.server.training.tokenization import IGNORE_INDEX
+
+# Past this many bytes of float32 labelled logits they are chunked, CE_CHUNK_POSITIONS at a time
+# (50 MB of logits per chunk over a 49k vocabulary); the memory estimate counts the same.
+CHUNKED_LOGITS_BYTES = memory_estimate.CHUNKED_LOGITS_BYTES
+CE_CHUNK_POSITIONS = memory_estimate.CE_CHUNK_POSITIONS
+# Families whose forward changes the logits after lm_head (soft-capping, scaling): never chunked,
+# as the chunks would skip that step.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -68,8 +84,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _answer_logits(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits at the positions the loss needs, (rows, k, vocab), in float32; their targets, (rows, k))."""
+def _answer_logits(model: Any, batch: Batch, upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at the positions the loss needs, (rows, k, vocab), in float32 unless not `upcast`; their targets, (rows, k))."""
     device = next(model.parameters()).device
     index = batch.logits_index.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
@@ -80,11 +96,63 @@ def _answer_logits(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor
         else:
             logits = torch.take_along_dim(model(**inputs).logits, index[..., None], dim=1)
     # Cross-entropy in float32 whatever the compute dtype: bf16 log-softmax over 49k classes is lossy.
-    return logits.float(), targets
+    return (logits.float() if upcast else logits), targets
+
+
+def _base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunkable(model: Any, batch: Batch) -> bool:
+    """Whether this batch's labelled logits are big enough to chunk, on a model whose logits are plain lm_head output."""
+    if hasattr(model, "_module"):  # Opacus: per-sample gradient hooks expect the model's own lm_head call
+        return False
+    base = _base_model(model)
+    config = getattr(base, "config", None)
+    if config is None or any(getattr(config, name, None) for name in LOGIT_POSTPROCESSING):
+        return False
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    return batch.label_tokens * vocab * 4 > CHUNKED_LOGITS_BYTES and base.get_output_embeddings() is not None
+
+
+@contextlib.contextmanager
+def _hidden_states_out(model: Any) -> Any:
+    """The model returns its final hidden states where it would return logits; yields the lm_head it set aside."""
+    base = _base_model(model)
+    head = base.get_output_embeddings()
+    base.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        base.set_output_embeddings(head)
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def _chunked_summed_loss(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over labelled tokens, the vocabulary projection done CE_CHUNK_POSITIONS at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    with _hidden_states_out(model) as head:
+        hidden, targets = _answer_logits(model, batch, upcast=False)  # (rows, k, hidden)
+    keep = targets.reshape(-1) != IGNORE_INDEX
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1])[keep], targets.reshape(-1)[keep]
+    device = hidden.device
+    total = torch.zeros((), device=device)
+    with autocast(device):
+        for start in range(0, targets.shape[0], CE_CHUNK_POSITIONS):
+            end = start + CE_CHUNK_POSITIONS
+            # Checkpointed: backward recomputes this chunk's logits instead of keeping them.
+            total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], use_reentrant=False)
+    return total
 
 
 def summed_token_loss(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     """(sum of cross-entropy over labelled tokens, number of labelled tokens) for one batch."""
+    if _chunkable(model, batch):
+        return _chunked_summed_loss(model, batch), batch.label_tokens
     logits, targets = _answer_logits(model, batch)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")

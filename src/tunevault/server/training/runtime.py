@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import random
@@ -46,12 +48,38 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def set_threads() -> int:
+def set_threads(processes: int = 1) -> int:
+    """Threads for this process: the CPUs shared among the job's `processes` (its ranks under torchrun)."""
     import torch
 
-    threads = available_cpus()
+    threads = max(1, available_cpus() // processes)
     torch.set_num_threads(threads)
     return threads
+
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# Blocks from this size up are mmapped and go back to the OS when freed. glibc's default starts
+# at 128 KiB but raises itself (up to 32 MiB) to the size of each mmapped block freed, after which
+# activations of a CPU training step (a few MiB each) come from the heap, where the freed ones stay
+# mapped and fragment: measured on SmolLM2-135M (batch 8 x 372 tokens) the heap then held about as
+# much again as the live tensors. A fixed threshold stops that adjustment.
+MMAP_THRESHOLD_BYTES = 1 << 20
+TRIM_THRESHOLD_BYTES = 64 << 20
+
+
+def return_freed_memory_to_os() -> bool:
+    """Fix glibc's mmap and trim thresholds so freed activations leave the process; False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and macOS have no mallopt
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 def seed_everything(seed: int) -> None:

@@ -23,13 +23,14 @@ import torch
 from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract.events import EventWriter
 from tunevault.server.contract.job_spec import JobSpec, check_fits_model
-from tunevault.server.contract.memory_estimate import estimate_peak_memory
+from tunevault.server.contract.memory_estimate import device_limit, estimate_peak_memory
 from tunevault.server.privacy.sealing import canary_secrets
 from tunevault.server.training import baseline_cache, canary_audit, checkpoints, quantized_model
 from tunevault.server.training.atomic_dir import atomic_dir
 from tunevault.server.training.batching import BatchStream, eval_batches, poisson_micro_batches
 from tunevault.server.training.canary_audit import MemorizationAudit
 from tunevault.server.training.checkpoints import TrainState
+from tunevault.server.training.distributed import Ranks
 from tunevault.server.training.dp_sgd import DPStep, plan_and_announce
 from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
@@ -37,7 +38,12 @@ from tunevault.server.training.job_data import JobData, prepare_job_data
 from tunevault.server.training.lr_schedule import make_scheduler
 from tunevault.server.training.objective import summed_token_loss
 from tunevault.server.training.report import write_report
-from tunevault.server.training.runtime import measured_peak_bytes, seed_everything, set_threads
+from tunevault.server.training.runtime import (
+    measured_peak_bytes,
+    return_freed_memory_to_os,
+    seed_everything,
+    set_threads,
+)
 from tunevault.server.training.stopping import StopFlag, StopRequested
 
 log = logging.getLogger("tunevault.worker")
@@ -46,6 +52,7 @@ EVAL_BATCH_ROWS = 16  # no gradients at eval: bigger batches amortise 4-bit dequ
 MAX_STEP_EVENTS = 1000  # long jobs report every k-th step so the event store stays small
 TRAIN_LOSS_TAIL_STEPS = 10  # the reported train_loss is the token-weighted mean of the last steps
 MEMORY_HEADROOM = 0.9  # share of the GPU's free memory a job may plan to use without checkpointing
+CPU_ACTIVATION_BUDGET_SHARE = 0.1  # share of the host's memory a CPU job's activations may take without checkpointing
 
 
 def perplexity(loss: float) -> float:
@@ -70,8 +77,10 @@ def _file_digest(path: Path | None) -> str:
 class QLoRATrainer:
     """Fine-tunes one job: 4-bit NF4 base, LoRA adapters, AdamW on the adapters only."""
 
-    def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag) -> None:
+    def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag, ranks: Ranks | None = None) -> None:
         self.spec = spec
+        # Under torchrun: this process's rank (distributed.py); rank 0 alone writes anything.
+        self.ranks = ranks or Ranks()
         self.events = events
         self.stop = stop
         self.state = TrainState()
@@ -84,8 +93,10 @@ class QLoRATrainer:
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
-        self.threads = set_threads()
-        self.device = quantized_model.pick_device()
+        self.threads = set_threads(self.ranks.world_size)
+        self.device = self.ranks.device() if self.ranks.distributed else quantized_model.pick_device()
+        if self.device.type == "cpu":
+            return_freed_memory_to_os()  # glibc's heap would otherwise keep most of a step's freed activations
         self.compute_dtype = quantized_model.pick_compute_dtype(self.device)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
@@ -103,6 +114,9 @@ class QLoRATrainer:
         self.total_steps = self.hp.max_steps
         self.accumulation = self.hp.gradient_accumulation_steps
         self.dp_enabled = self.hp.dp
+        if self.dp_enabled and self.ranks.distributed:
+            # Poisson sampling and per-example clipping are accounted for one process's draws.
+            raise hp.HyperparameterError("dp", "differential privacy runs on one device; ask for one GPU")
         pad = self.tokenizer.pad_token_id
         # Packs hold at most max_seq_len tokens and a micro-batch at most batch_size packs: the
         # same worst-case memory as batch_size padded rows, without the padding.
@@ -152,6 +166,7 @@ class QLoRATrainer:
         quantized_model.pin_cpu_weight_layout(self.model)
         self.hp = self.hp.with_target_modules(quantized_model.lora_target_names(self.model))
         self.params = quantized_model.trainable_parameters(self.model)
+        self.ranks.broadcast_parameters(self.params)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
         )
@@ -191,18 +206,26 @@ class QLoRATrainer:
         return canary_secrets.restore(self.hp.canary_secrets, self.spec.output_dir.parent, keys=None)
 
     def _gradient_checkpointing(self) -> bool:
-        """As asked; on "auto", only on a GPU that could not hold the job's activations otherwise."""
+        """As asked; on "auto", when the job's activations would take too much of the device's memory otherwise.
+
+        On a GPU: when the estimate without checkpointing exceeds the free memory (less headroom).
+        On a CPU: when the activations alone would pass CPU_ACTIVATION_BUDGET_SHARE of the memory a
+        job may use. The recompute costs compute (not yet timed cleanly on CPU: bench/memory_bench.py
+        ran on a contended host), while the activations of a modest job (SmolLM2-135M, batch 8 x 372
+        tokens: 6 GB, the bulk of a 10 GB peak) would crowd out other jobs and the page cache.
+        """
         setting = self.hp.gradient_checkpointing
         if setting is not None:
             return setting
-        if self.device.type != "cuda":
-            return False  # a CPU job has memory to spare and no compute to spare
-        free_bytes, _ = torch.cuda.mem_get_info(self.device)
         config = json.loads((self.spec.base_model_dir / "config.json").read_text())
         labels = max(r.label_count for r in self.data.train)
-        without = estimate_peak_memory(config, self.hp.with_gradient_checkpointing(False), device="cuda",
+        without = estimate_peak_memory(config, self.hp.with_gradient_checkpointing(False), device=self.device.type,
                                        label_tokens_per_row=labels)
-        return without.total > MEMORY_HEADROOM * free_bytes
+        if self.device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(self.device)
+            return without.total > MEMORY_HEADROOM * free_bytes
+        limit = device_limit(None, "cpu").bytes or 0
+        return without.activations > CPU_ACTIVATION_BUDGET_SHARE * limit
 
     def _fingerprint(self) -> str:
         """What a checkpoint must agree on to be resumed: data, base model and hyperparameters.
@@ -246,7 +269,8 @@ class QLoRATrainer:
         if scores is None:
             with self.model.disable_adapter():
                 scores = baseline_cache.Baseline(eval_loss(self.model, self.eval_set, self.stop), self._accuracy())
-            baseline_cache.store(self.base_entry, key, scores)
+            if self.ranks.is_main:
+                baseline_cache.store(self.base_entry, key, scores)
         loss, accuracy = scores.loss, scores.accuracy
         self.state.base_eval_loss, self.state.base_accuracy = loss, accuracy
         metrics = {"step": 0, "base_eval_loss": loss, "base_eval_cached": float(cached is not None)}
@@ -290,7 +314,9 @@ class QLoRATrainer:
         """Keep the adapter of the best eval so far on disk; count evals since it."""
         if self.state.best_eval_loss is None or loss < self.state.best_eval_loss:
             self.state.best_eval_loss, self.state.best_step, self.state.evals_since_best = loss, step, 0
-            checkpoints.save_best_adapter(self.spec.checkpoint_dir, self.model)
+            if self.ranks.is_main:
+                checkpoints.save_best_adapter(self.spec.checkpoint_dir, self.model)
+            self.ranks.barrier()  # every rank may restore it at the end
         else:
             self.state.evals_since_best += 1
 
@@ -332,7 +358,8 @@ class QLoRATrainer:
         self.model.train()
         while self.state.step < self.total_steps:
             # The step boundary: the only place a stop request is acted on during training.
-            if self.stop.requested:
+            # Every rank stops at the same step: one that went on would wait for the others forever.
+            if self.ranks.any(self.stop.requested, self.device):
                 self.save_checkpoint()
                 raise StopRequested()
             started = time.perf_counter()
@@ -405,10 +432,12 @@ class QLoRATrainer:
         # token counts the same whichever micro-batch it is in.
         step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
         loss_total = torch.zeros((), device=self.device)
-        for batch in micro_batches:
+        for batch in self.ranks.share(micro_batches):  # all of them in a single process
             loss_sum, _ = summed_token_loss(self.model, batch)
             (loss_sum / step_label_tokens).backward()
             loss_total += loss_sum.detach()
+        self.ranks.sum_gradients(self.params)
+        loss_total = self.ranks.sum(loss_total)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
         self.optimizer.step()
@@ -416,6 +445,8 @@ class QLoRATrainer:
         return micro_batches, loss_total
 
     def save_checkpoint(self) -> None:
+        if not self.ranks.is_main:
+            return  # every rank holds the same state; rank 0's copy is the one all resume from
         started = time.perf_counter()
         path = checkpoints.save_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state)
         self.events.emit(
@@ -478,6 +509,8 @@ class QLoRATrainer:
         return result
 
     def _export(self, result: dict[str, float]) -> None:
+        if not self.ranks.is_main:
+            return
         output = self.spec.output_dir
         # A previous attempt that finished exporting but not reporting is replaced by this run's result.
         with atomic_dir(output) as staging:

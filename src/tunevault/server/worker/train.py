@@ -7,11 +7,15 @@ Exit status: 0 only after the adapter and metrics.json are completely written; 1
 code; FAILED_PRECONDITION when anything tried to reach the network, see egress_guard); 128+signal
 (143 for SIGTERM) after a requested stop, with a checkpoint saved when any step was trained.
 Human-readable logs go to stderr, which the scheduler sends to the job's log file.
+
+Under torchrun (scheduler/launch.py, a job on several devices) every rank runs this same module;
+training/distributed.py shares each step among them and rank 0 alone writes events and files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -55,10 +59,13 @@ def run(jobs_dir: Path, job_id: str) -> int:
     force_offline()
     egress_guard.install()
     from tunevault.server.contract.job_spec import JobSpec
+    from tunevault.server.training import distributed
     from tunevault.server.training.parent_watch import die_with_parent
     from tunevault.server.training.stopping import StopFlag, StopRequested
 
-    events = EgressCheckedEvents(sys.stdout)
+    # Under torchrun every rank runs this; only rank 0 speaks on stdout (which all ranks share).
+    ranks = distributed.from_env()
+    events = EgressCheckedEvents(sys.stdout if ranks.is_main else open(os.devnull, "w"))
     sealed = None
     stop = StopFlag()
     # The handlers only set the flag; the loop acts on it at the next step boundary.
@@ -82,7 +89,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
         if sealed is not None:
             sealed.seal_scrubbed()
         stop.check()
-        result = QLoRATrainer(spec, events, stop).run()
+        result = QLoRATrainer(spec, events, stop, ranks).run()
         egress_guard.raise_if_blocked()
         if sealed is not None:
             sealed.seal_outputs()  # before exit 0: the scheduler packs the adapter once we are gone
@@ -108,6 +115,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
     finally:
         if sealed is not None:
             sealed.close()
+        distributed.shut_down()
 
 
 def main(argv: list[str] | None = None) -> int:
