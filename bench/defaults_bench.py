@@ -11,6 +11,9 @@ class with the confusions. Arms:
     .venv/bin/python bench/defaults_bench.py --tasks package-section --max-test 60 --out bench/results/defaults.json
 
 Each job takes 10-15 minutes on a 2-core CPU; the whole suite is a GPU-session bench.
+
+First run (2026-12-05, 2-core CPU, SmolLM2-135M-Instruct, package-section, 60 held-out rows): exact
+match zero-shot 0.000, few-shot 0.083, defaults 0.450, plain recipe 0.450 (issue 28's bar: 0.90).
 """
 
 from __future__ import annotations
