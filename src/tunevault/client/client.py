@@ -95,7 +95,7 @@ class Client:
                    hyperparameters: Mapping[str, Any] | pb.Hyperparameters | None = None, *,
                    validation_dataset_id: str = "", idempotency_key: str | None = None,
                    display_name: str = "", priority: int = 0, not_before: float | None = None,
-                   max_attempts: int = 0, pii: str = "") -> pb.Job:
+                   max_attempts: int = 0, pii: str = "", method: str = "") -> pb.Job:
         request = pb.CreateJobRequest(
             dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
             hyperparameters=(hyperparameters if isinstance(hyperparameters, pb.Hyperparameters)
@@ -103,6 +103,8 @@ class Client:
             idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
             priority=priority, max_attempts=max_attempts,
             pii=pb.PiiMode.Value(f"PII_MODE_{pii.upper()}") if pii else pb.PII_MODE_UNSPECIFIED,
+            method=pb.TrainingMethod.Value(f"TRAINING_METHOD_{method.upper()}") if method
+            else pb.TRAINING_METHOD_UNSPECIFIED,
         )
         if not_before is not None:
             request.not_before.FromNanoseconds(int(not_before * 1e9))

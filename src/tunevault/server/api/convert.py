@@ -83,6 +83,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: s
         disk_usage_bytes=disk_usage_bytes, artifacts_deleted=job.artifacts_deleted_at is not None,
         pii=pb.PiiMode.Value(f"PII_MODE_{job.pii_mode.upper()}"), tenant=job.tenant,
         encryption_key_id=encryption_key_id or "",
+        method=pb.TrainingMethod.Value(f"TRAINING_METHOD_{job.method.upper()}"),
         error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
                        for e in job.error_history],
     )

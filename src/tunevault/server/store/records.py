@@ -62,6 +62,7 @@ class JobRecord:
     tenant: str
     created_by: str | None
     pii_mode: str
+    method: str  # sft | dpo | orpo
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "JobRecord":
