@@ -87,6 +87,10 @@ def method_fits(method: str, requested: dict[str, Any], formats: dict[str, str])
         raise InvalidArgument("hyperparameters.orpo_lambda", "has an effect only with method ORPO")
     if "preference_beta" in requested and method != "dpo":
         raise InvalidArgument("hyperparameters.preference_beta", "has an effect only with method DPO")
+    if requested.get("canary_repetitions"):
+        # The audit plants canaries as SFT rows; a preference job has no place for them yet.
+        raise InvalidArgument("hyperparameters.canary_repetitions", f"the memorization audit is not available with "
+                                                                    f"method {method.upper()} yet")
     if any(name in requested for name in ("dp_epsilon", "dp_noise_multiplier")):
         # Per-example clipping would have to clip per pair (chosen and rejected together); not built yet.
         raise InvalidArgument("hyperparameters.dp_epsilon", f"differential privacy is not available with method "
