@@ -36,7 +36,18 @@ EVAL_PAIRS = EVAL_BATCH_ROWS // 2  # a pair batch holds two rows per pair
 class PreferenceTrainer(QLoRATrainer):
     """A DPO or ORPO job (spec.method)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._base: PairScores | None = None
+
     def _prepare_data(self) -> JobData:
+        # The API refuses these; a spec written by hand must not fall back to SFT-style DP or canaries.
+        if self.spec.hyperparameters.dp:
+            raise hp.HyperparameterError("dp_epsilon", f"differential privacy is not available with method "
+                                                       f"{self.spec.method.upper()} yet")
+        if self.spec.hyperparameters.canary_repetitions:
+            raise hp.HyperparameterError("canary_repetitions", f"the memorization audit is not available with "
+                                                               f"method {self.spec.method.upper()} yet")
         self.pairs: PreferenceData = prepare_preference_data(
             self.tokenizer, self.spec.train_file, self.spec.validation_file, self.spec.hyperparameters,
             data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
@@ -93,13 +104,20 @@ class PreferenceTrainer(QLoRATrainer):
         super().baseline()
         if any(h["type"] == "preference.baseline" for h in self.state.history):
             return  # a resumed job measured them before its checkpoint
-        with self.model.disable_adapter():
-            scores = self._scores()
+        scores = self._base_scores()
         metrics = {"step": 0, "base_preference_accuracy": scores.accuracy, "base_preference_margin": scores.margin}
         self._record(self.events.emit(
             "preference.baseline",
             f"base model: chosen answer likelier in {scores.accuracy:.1%} of {len(scores.chosen)} held-out pairs, "
             f"mean log-probability margin {scores.margin:+.3f}", metrics))
+
+    def _base_scores(self) -> PairScores:
+        """The base model's held-out scores: DPO's reference scores too (the same weights, adapter disabled),
+        so they are measured once per run (again after a resume) rather than at every eval."""
+        if self._base is None:
+            with self.model.disable_adapter():
+                self._base = self._scores()
+        return self._base
 
     def _base_figures(self) -> dict[str, float]:
         found = next(h for h in self.state.history if h["type"] == "preference.baseline")
@@ -109,8 +127,7 @@ class PreferenceTrainer(QLoRATrainer):
         scores = self._scores()
         metrics = {"step": step, "preference_accuracy": scores.accuracy, "preference_margin": scores.margin}
         if self.spec.method == "dpo":
-            with self.model.disable_adapter():
-                metrics.update(scores.rewards(self._scores(), self._beta))
+            metrics.update(scores.rewards(self._base_scores(), self._beta))
         shown = f", reward margin {metrics['reward_margin']:+.3f}" if "reward_margin" in metrics else ""
         self._record(self.events.emit(
             "preference.eval",
