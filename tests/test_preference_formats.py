@@ -141,7 +141,8 @@ def test_a_lone_surrogate_is_refused_naming_line_and_field_never_echoing_it(tmp_
 
 def test_the_server_refuses_a_lone_surrogate_at_upload_and_accepts_every_format(
         server: RunningServer, tmp_path: Path) -> None:
-    bad = jsonl(tmp_path / "bad.jsonl", [json.dumps(TRL_STRING), '{"prompt": "a\\ud800", "chosen": "b", "rejected": "c"}'])
+    lone = '{"prompt": "a\\ud800", "chosen": "b", "rejected": "c"}'
+    bad = jsonl(tmp_path / "bad.jsonl", [json.dumps(TRL_STRING), lone])
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([{"instruction": "Add", "input": "", "output": "4"}] * 2, indent=1))
     with server.client() as client:

@@ -75,8 +75,9 @@ def method_fits(method: str, requested: dict[str, Any], formats: dict[str, str])
     preference = method in ("dpo", "orpo")
     for field, data_format in formats.items():
         if (data_format in PREFERENCE_FORMATS) != preference:
-            wanted = "a preference dataset (prompt/chosen/rejected or OpenAI DPO rows)" if preference else \
-                "an SFT dataset (chat, instruction, completion or text rows); use method DPO or ORPO for preference rows"
+            wanted = ("a preference dataset (prompt/chosen/rejected or OpenAI DPO rows)" if preference else
+                      "an SFT dataset (chat, instruction, completion or text rows); "
+                      "use method DPO or ORPO for preference rows")
             raise InvalidArgument(field, f"holds {data_format} rows, but method {method.upper()} needs {wanted}")
     if not preference:
         for name in ("preference_beta", "orpo_lambda"):

@@ -32,7 +32,8 @@ def _text(lines: Iterable[tuple[int, bytes | None]]) -> tuple[str | None, Item |
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as error:
-        return None, (data.count(b"\n", 0, error.start) + 1, None, FieldError("encoding", f"not valid UTF-8 (byte {error.start})"))
+        problem = FieldError("encoding", f"not valid UTF-8 (byte {error.start})")
+        return None, (data.count(b"\n", 0, error.start) + 1, None, problem)
 
 
 def _skip(text: str, at: int) -> int:

@@ -53,7 +53,8 @@ class PreferenceTrainer(QLoRATrainer):
             data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
         )
         pad = self.tokenizer.pad_token_id
-        self.pair_eval_set = eval_pair_batches(self.pairs.validation, max(EVAL_PAIRS, self.spec.hyperparameters.batch_size), pad)
+        pairs_per_batch = max(EVAL_PAIRS, self.spec.hyperparameters.batch_size)
+        self.pair_eval_set = eval_pair_batches(self.pairs.validation, pairs_per_batch, pad)
         return self.pairs.job
 
     def _train_stream(self, pad: int) -> PairStream:
