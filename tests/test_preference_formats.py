@@ -153,3 +153,19 @@ def test_the_server_refuses_a_lone_surrogate_at_upload_and_accepts_every_format(
         for index, row in enumerate([OPENAI_DPO, TRL_STRING, TRL_CONVERSATIONAL, TRL_IMPLICIT, TOOL_CHAT, SHAREGPT]):
             assert client.upload_dataset(jsonl(tmp_path / f"ok{index}.jsonl", [row, row])).row_count == 2
         assert client.upload_dataset(alpaca).row_count == 2
+
+
+def test_tool_call_arguments_and_preference_pairs_reach_the_pii_scrubber_as_content(tmp_path: Path) -> None:
+    from tunevault.server.training.pii_step import as_chat_jsonl, back_to_text_rows
+
+    source, way_back = as_chat_jsonl(jsonl(tmp_path / "tools.jsonl", [TOOL_CHAT]), tmp_path / "tools.chat.jsonl")
+    assert source != tmp_path / "tools.jsonl" and way_back is None
+    assert "Paris" in json.loads(source.read_text())["messages"][1]["content"]
+
+    for rows, templated in (([TRL_STRING, TRL_STRING], False), ([TRL_CONVERSATIONAL, TRL_IMPLICIT], True),
+                            ([OPENAI_DPO], True)):
+        source, way_back = as_chat_jsonl(jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "pairs.chat.jsonl")
+        assert way_back == "preference"
+        back_to_text_rows(source, way_back)  # what the PII step does after redacting
+        back = read_dataset(source).rows
+        assert [(r.templated, r.chosen, r.rejected) for r in back] == [(templated, "4", "5")] * len(rows)

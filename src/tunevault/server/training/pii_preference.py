@@ -1,4 +1,4 @@
-"""Preference rows through the PII scrubber: out as chat rows the scrubber reads, back as TRL rows.
+"""Rows the PII scrubber cannot read as uploaded: preference pairs (out as chats, back as TRL rows), tool turns.
 
 The scrubber reads {"messages": [...]}; a pair goes out as its prompt messages followed by the
 chosen and then the rejected answer (two assistant messages), so every string of the pair is
@@ -43,3 +43,12 @@ def back_to_preference_rows(path: Path) -> None:
     with path.open("w", encoding="utf-8") as out:
         for chat in chats:
             out.write(json.dumps(_back(chat)) + "\n")
+
+
+def has_tool_turns(path: Path) -> bool:
+    """Whether a chat JSONL file has tool calls or tool results, whose text is outside `content` as uploaded."""
+    from tunevault.server.privacy.sealing.encryption import open_plain
+
+    with open_plain(path) as handle:
+        # A false positive (the word in some content) only costs a converted copy.
+        return any(b'"tool_calls"' in line or b'"tool"' in line for line in handle)

@@ -10,7 +10,7 @@ from tunevault.server.contract.chat_data import DatasetError
 from tunevault.server.contract.events import EventWriter
 from tunevault.server.contract.job_spec import JobSpec
 from tunevault.server.contract.preference_rows import PREFERENCE_FORMATS
-from tunevault.server.training.pii_preference import back_to_preference_rows, write_pairs_as_chats
+from tunevault.server.training.pii_preference import back_to_preference_rows, has_tool_turns, write_pairs_as_chats
 
 MAX_LOCATIONS = 20
 
@@ -79,7 +79,8 @@ def as_chat_jsonl(path: Path, scratch: Path) -> tuple[Path, str | None]:
     from tunevault.server.contract.formats import read_dataset
 
     dataset = read_dataset(path)
-    if dataset.data_format == "chat" and dataset.file_kind == "jsonl":
+    # Tool calls and tool results are not in a message's content as uploaded: scrub the chats they become.
+    if dataset.data_format == "chat" and dataset.file_kind == "jsonl" and not has_tool_turns(path):
         return path, None
     if dataset.data_format in PREFERENCE_FORMATS:
         write_pairs_as_chats(dataset.rows, scratch)  # type: ignore[arg-type]  # preference rows, by the format
