@@ -67,3 +67,12 @@ def test_a_paused_dpo_job_resumes_from_its_checkpoint_to_the_same_result(tmp_pat
     assert result["preference_accuracy"] == pytest.approx(straight["preference_accuracy"])
     assert result["base_preference_accuracy"] == pytest.approx(straight["base_preference_accuracy"])
     assert result["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-3)
+
+
+def test_a_killed_orpo_worker_restarts_from_its_last_checkpoint(tmp_path: Path, tiny_models_dir: Path) -> None:
+    preference_job(tmp_path, "job", tiny_models_dir, "orpo")
+    killed = stop_after(tmp_path, "job", "checkpoint", signal.SIGKILL, min_step=2)  # a crash: no chance to save
+    assert killed.returncode == -signal.SIGKILL
+    restarted = run_worker(tmp_path, "job")
+    assert restarted.of_type("step")[0]["metrics"]["step"] == 3
+    assert "preference_accuracy" in result_of(restarted)
