@@ -90,7 +90,8 @@ def sharegpt_messages(turns: object) -> list[object]:
         unknown = set(turn) - {"from", "value", "weight"}
         if unknown:
             raise FieldError(at, f"unsupported key(s) {', '.join(sorted(map(str, unknown)))}")
-        role = SHAREGPT_ROLES.get(turn.get("from"))  # type: ignore[arg-type]
+        speaker = turn.get("from")
+        role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise FieldError(f"{at}.from", f"must be one of {', '.join(SHAREGPT_ROLES)}")
         if not isinstance(turn.get("value"), str):
