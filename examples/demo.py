@@ -82,7 +82,7 @@ def report(job: dict) -> None:
 
 
 # DPO on the preference example: few enough steps for a CPU, enough to move held-out accuracy.
-DPO_SETTINGS = ("max_steps=24", "batch_size=4", "learning_rate=0.0005", "preference_beta=0.1", "eval_every=0")
+DPO_SETTINGS = ("max_steps=10", "batch_size=4", "learning_rate=0.0005", "preference_beta=0.1", "eval_every=0")
 
 
 def preference_report(job: dict) -> None:

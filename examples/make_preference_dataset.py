@@ -11,7 +11,7 @@ disjoint).
 Everything is invented; nothing is medical advice. Standard library only. Example:
 
     python examples/make_preference_dataset.py --rows 240 --out examples/preference.jsonl \\
-        --validation-rows 48 --validation-out examples/preference_validation.jsonl
+        --validation-rows 32 --validation-out examples/preference_validation.jsonl
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def write(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=240)
-    parser.add_argument("--validation-rows", type=int, default=48)
+    parser.add_argument("--validation-rows", type=int, default=32)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "preference.jsonl")
     parser.add_argument("--validation-out", type=Path, default=Path(__file__).parent / "preference_validation.jsonl")

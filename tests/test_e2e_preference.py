@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import DEFAULT_MODEL, EXAMPLES, start_server
 
-# The demo's settings (examples/demo.py DPO_SETTINGS): 24 steps of 4 pairs.
-DPO_SETTINGS = ["max_steps=24", "batch_size=4", "learning_rate=0.0005", "preference_beta=0.1", "eval_every=0"]
+# The demo's settings (examples/demo.py DPO_SETTINGS): 10 steps of 4 pairs.
+DPO_SETTINGS = ["max_steps=10", "batch_size=4", "learning_rate=0.0005", "preference_beta=0.1", "eval_every=0"]
 
 
 @pytest.mark.slow
