@@ -115,7 +115,7 @@ def test_check_dataset_applies_the_override_and_names_parquet_rows(tmp_path: Pat
     assert check.data_format == "chat" and check.row_count == 1
     assert check.errors == ["row 2: messages[1].role: must be one of system, user, assistant, got another string"]
     with pytest.raises(DatasetError, match="unknown data format"):
-        check_dataset([INSTRUCTION], "sharegpt")
+        check_dataset([INSTRUCTION], "alpaca")
 
 
 def test_check_dataset_streams_a_huge_line_without_holding_it(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ class Client:
                    hyperparameters: Mapping[str, Any] | pb.Hyperparameters | None = None, *,
                    validation_dataset_id: str = "", idempotency_key: str | None = None,
                    display_name: str = "", priority: int = 0, not_before: float | None = None,
-                   max_attempts: int = 0, pii: str = "", gpus: int | None = None) -> pb.Job:
+                   max_attempts: int = 0, pii: str = "", gpus: int | None = None, method: str = "") -> pb.Job:
         """Queues a job; `gpus` None leaves the server's default (1 on a GPU box, else the CPU), 0 asks for the CPU."""
         request = pb.CreateJobRequest(
             dataset_id=dataset_id, base_model=base_model, validation_dataset_id=validation_dataset_id,
@@ -104,6 +104,8 @@ class Client:
             idempotency_key=idempotency_key or uuid.uuid4().hex, display_name=display_name,
             priority=priority, max_attempts=max_attempts,
             pii=pb.PiiMode.Value(f"PII_MODE_{pii.upper()}") if pii else pb.PII_MODE_UNSPECIFIED,
+            method=pb.TrainingMethod.Value(f"TRAINING_METHOD_{method.upper()}") if method
+            else pb.TRAINING_METHOD_UNSPECIFIED,
         )
         if not_before is not None:
             request.not_before.FromNanoseconds(int(not_before * 1e9))

@@ -32,6 +32,13 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_FORMAT_COMPLETION: _ClassVar[DatasetFormat]
     DATASET_FORMAT_TEXT: _ClassVar[DatasetFormat]
 
+class TrainingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAINING_METHOD_UNSPECIFIED: _ClassVar[TrainingMethod]
+    TRAINING_METHOD_SFT: _ClassVar[TrainingMethod]
+    TRAINING_METHOD_DPO: _ClassVar[TrainingMethod]
+    TRAINING_METHOD_ORPO: _ClassVar[TrainingMethod]
+
 class PiiMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PII_MODE_UNSPECIFIED: _ClassVar[PiiMode]
@@ -61,6 +68,10 @@ DATASET_FORMAT_CHAT: DatasetFormat
 DATASET_FORMAT_INSTRUCTION: DatasetFormat
 DATASET_FORMAT_COMPLETION: DatasetFormat
 DATASET_FORMAT_TEXT: DatasetFormat
+TRAINING_METHOD_UNSPECIFIED: TrainingMethod
+TRAINING_METHOD_SFT: TrainingMethod
+TRAINING_METHOD_DPO: TrainingMethod
+TRAINING_METHOD_ORPO: TrainingMethod
 PII_MODE_UNSPECIFIED: PiiMode
 PII_MODE_OFF: PiiMode
 PII_MODE_REDACT: PiiMode
@@ -157,7 +168,7 @@ class DeleteDatasetResponse(_message.Message):
     def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., freed_bytes: _Optional[int] = ..., destroyed_key_id: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience", "truncation", "dp_epsilon", "dp_noise_multiplier", "dp_delta", "dp_max_grad_norm", "dp_accountant", "canary_repetitions", "canary_secrets")
+    __slots__ = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "lr_scheduler", "eval_every", "validation_fraction", "seed", "eval_accuracy_max_examples", "checkpoint_every", "lora_target_modules", "export_merged", "gradient_checkpointing", "early_stopping_patience", "truncation", "dp_epsilon", "dp_noise_multiplier", "dp_delta", "dp_max_grad_norm", "dp_accountant", "canary_repetitions", "canary_secrets", "preference_beta", "orpo_lambda")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +199,8 @@ class Hyperparameters(_message.Message):
     DP_ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
     CANARY_REPETITIONS_FIELD_NUMBER: _ClassVar[int]
     CANARY_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_BETA_FIELD_NUMBER: _ClassVar[int]
+    ORPO_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     max_steps: int
     learning_rate: float
@@ -218,10 +231,12 @@ class Hyperparameters(_message.Message):
     dp_accountant: str
     canary_repetitions: _containers.RepeatedScalarFieldContainer[int]
     canary_secrets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_accountant: _Optional[str] = ..., canary_repetitions: _Optional[_Iterable[int]] = ..., canary_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
+    preference_beta: float
+    orpo_lambda: float
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., eval_every: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., eval_accuracy_max_examples: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., export_merged: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., truncation: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_max_grad_norm: _Optional[float] = ..., dp_accountant: _Optional[str] = ..., canary_repetitions: _Optional[_Iterable[int]] = ..., canary_secrets: _Optional[_Iterable[str]] = ..., preference_beta: _Optional[float] = ..., orpo_lambda: _Optional[float] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii", "gpus")
+    __slots__ = ("dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "priority", "not_before", "max_attempts", "pii", "method", "gpus")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +247,7 @@ class CreateJobRequest(_message.Message):
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     PII_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     validation_dataset_id: str
@@ -243,8 +259,9 @@ class CreateJobRequest(_message.Message):
     not_before: _timestamp_pb2.Timestamp
     max_attempts: int
     pii: PiiMode
+    method: TrainingMethod
     gpus: int
-    def __init__(self, dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., gpus: _Optional[int] = ...) -> None: ...
+    def __init__(self, dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., method: _Optional[_Union[TrainingMethod, str]] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -284,7 +301,7 @@ class JobResult(_message.Message):
     def __init__(self, adapter_path: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_size_bytes: _Optional[int] = ..., adapter_sha256: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id", "gpus", "devices")
+    __slots__ = ("id", "state", "dataset_id", "validation_dataset_id", "base_model", "hyperparameters", "idempotency_key", "display_name", "created_at", "started_at", "finished_at", "error", "trained_tokens", "step", "total_steps", "result", "attempt", "priority", "not_before", "max_attempts", "error_history", "queued_at", "disk_usage_bytes", "artifacts_deleted", "pii", "tenant", "encryption_key_id", "method", "gpus", "devices")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +329,7 @@ class Job(_message.Message):
     PII_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -341,9 +359,10 @@ class Job(_message.Message):
     pii: PiiMode
     tenant: str
     encryption_key_id: str
+    method: TrainingMethod
     gpus: int
     devices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ..., encryption_key_id: _Optional[str] = ..., gpus: _Optional[int] = ..., devices: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., validation_dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., display_name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disk_usage_bytes: _Optional[int] = ..., artifacts_deleted: _Optional[bool] = ..., pii: _Optional[_Union[PiiMode, str]] = ..., tenant: _Optional[str] = ..., encryption_key_id: _Optional[str] = ..., method: _Optional[_Union[TrainingMethod, str]] = ..., gpus: _Optional[int] = ..., devices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from tunevault.client.client import DEFAULT_ADDRESS, Client
 from tunevault.v1 import tunevault_pb2 as pb
 
-DATA_FORMATS = ("chat", "instruction", "completion", "text")
+DATA_FORMATS = ("chat", "instruction", "completion", "text", "sharegpt", "preference", "openai_preference")
 TOKEN_ENV = "TUNEVAULT_TOKEN"
 
 Handler = Callable[[argparse.Namespace], int]

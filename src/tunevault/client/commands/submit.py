@@ -69,7 +69,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                     validation_dataset_id=validation.id if validation else "",
                                     idempotency_key=args.idempotency_key, display_name=args.name or "",
                                     priority=args.priority, not_before=not_before,
-                                    max_attempts=args.max_attempts, pii=args.pii, gpus=args.gpus)
+                                    max_attempts=args.max_attempts, pii=args.pii, gpus=args.gpus,
+                                    method=args.method)
         except BaseException:  # Ctrl-C during an upload too: what reached the server is removed
             _delete_uploads(client, uploaded, "submit failed")
             raise
@@ -114,5 +115,8 @@ def add_parsers(add: AddCommand) -> None:
     submit.add_argument("--max-attempts", type=int, default=0, help="worker starts before it fails (default 3)")
     submit.add_argument("--gpus", type=int, default=None,
                         help="GPUs the job needs at once; 0 trains on the CPU (default: 1 on a GPU server)")
+    submit.add_argument("--method", choices=["sft", "dpo", "orpo"], default="",
+                        help="sft (default) learns answers; dpo and orpo learn preferences from "
+                             "prompt/chosen/rejected rows (--set preference_beta=0.1 / orpo_lambda=0.1)")
     submit.add_argument("--pii", choices=["off", "redact", "reject"], default="",
                         help="scrub personal identifiers before training: redact them, or reject the data")

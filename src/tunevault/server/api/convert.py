@@ -85,6 +85,7 @@ def job_to_proto(job: JobRecord, disk_usage_bytes: int = 0, encryption_key_id: s
         pii=pb.PiiMode.Value(f"PII_MODE_{job.pii_mode.upper()}"), tenant=job.tenant,
         encryption_key_id=encryption_key_id or "",
         gpus=default_gpus if job.gpus is None else job.gpus, devices=job.devices,
+        method=pb.TrainingMethod.Value(f"TRAINING_METHOD_{job.method.upper()}"),
         error_history=[pb.JobError(code=e["code"], message=e["message"], attempt=e["attempt"], at=timestamp(e["at"]))
                        for e in job.error_history],
     )

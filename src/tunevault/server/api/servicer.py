@@ -140,6 +140,12 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                 raise InvalidArgument("validation_dataset_id", "must belong to the same tenant as dataset_id")
         model = find_model(self.config.resolved_models_dir, request.base_model)
         requested = convert.hyperparameters_to_dict(request.hyperparameters)
+        method = check.training_method(request.method)
+        check.method_fits(method, requested, {"dataset_id": dataset.format, **(
+            {"validation_dataset_id": validation.format} if request.validation_dataset_id else {})})
+        if method != "sft" and request.HasField("gpus") and request.gpus > 1:
+            # The preference loop has no rank sharding yet: N ranks would each train the whole job.
+            raise InvalidArgument("gpus", f"method {method.upper()} runs on one device for now; ask for 0 or 1")
         try:
             resolved = hp.resolve(hp.validate(requested), train_rows=dataset.row_count,
                                   has_validation_file=bool(request.validation_dataset_id))
@@ -161,10 +167,10 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             display_name=check.bounded("display_name", request.display_name),
             priority=check.priority(request.priority), max_attempts=check.max_attempts(request.max_attempts),
             not_before=check.not_before(request), tenant=dataset.tenant, created_by=principal.token_id,
-            pii_mode=check.pii_mode(request.pii), gpus=check.gpus(request, self.config.gpus),
+            pii_mode=check.pii_mode(request.pii), gpus=check.gpus(request, self.config.gpus), method=method,
             audit_details={"dataset_sha256": dataset.sha256, "base_model": request.base_model,
                            "validation_dataset_id": request.validation_dataset_id or None,
-                           "hyperparameters": requested, "pii": check.pii_mode(request.pii),
+                           "hyperparameters": requested, "pii": check.pii_mode(request.pii), "method": method,
                            "estimated_peak_memory_bytes": estimate.total if estimate else None},
         )
         if created and secrets:

@@ -6,7 +6,9 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
+from tunevault.server.contract.preference_rows import PREFERENCE_FORMATS
 from tunevault.server.errors import FailedPrecondition, InvalidArgument
 from tunevault.server.privacy.sealing.encryption import open_plain
 from tunevault.v1 import tunevault_pb2 as pb
@@ -65,6 +67,46 @@ def gpus(request: pb.CreateJobRequest, box: tuple[int, ...]) -> int | None:
     if request.gpus > len(box):
         raise FailedPrecondition(f"gpus: the job asks for {request.gpus} GPU(s); this server has {len(box)}")
     return request.gpus
+
+
+def training_method(value: int) -> str:
+    """sft, dpo or orpo; UNSPECIFIED is SFT, what every job did before methods existed."""
+    if value == pb.TRAINING_METHOD_UNSPECIFIED:
+        return "sft"
+    if value not in (pb.TRAINING_METHOD_SFT, pb.TRAINING_METHOD_DPO, pb.TRAINING_METHOD_ORPO):
+        raise InvalidArgument("method", "must be TRAINING_METHOD_SFT, TRAINING_METHOD_DPO or TRAINING_METHOD_ORPO")
+    return pb.TrainingMethod.Name(value).removeprefix("TRAINING_METHOD_").lower()
+
+
+def method_fits(method: str, requested: dict[str, Any], formats: dict[str, str]) -> None:
+    """A preference method needs preference rows and SFT needs SFT rows; DP is SFT-only for now.
+
+    formats maps the request field of each dataset to its stored row format.
+    """
+    preference = method in ("dpo", "orpo")
+    for field, data_format in formats.items():
+        if (data_format in PREFERENCE_FORMATS) != preference:
+            wanted = ("a preference dataset (prompt/chosen/rejected or OpenAI DPO rows)" if preference else
+                      "an SFT dataset (chat, instruction, completion or text rows); "
+                      "use method DPO or ORPO for preference rows")
+            raise InvalidArgument(field, f"holds {data_format} rows, but method {method.upper()} needs {wanted}")
+    if not preference:
+        for name in ("preference_beta", "orpo_lambda"):
+            if name in requested:
+                raise InvalidArgument(f"hyperparameters.{name}", "has an effect only with method DPO or ORPO")
+        return
+    if "orpo_lambda" in requested and method != "orpo":
+        raise InvalidArgument("hyperparameters.orpo_lambda", "has an effect only with method ORPO")
+    if "preference_beta" in requested and method != "dpo":
+        raise InvalidArgument("hyperparameters.preference_beta", "has an effect only with method DPO")
+    if requested.get("canary_repetitions"):
+        # The audit plants canaries as SFT rows; a preference job has no place for them yet.
+        raise InvalidArgument("hyperparameters.canary_repetitions", f"the memorization audit is not available with "
+                                                                    f"method {method.upper()} yet")
+    if any(name in requested for name in ("dp_epsilon", "dp_noise_multiplier")):
+        # Per-example clipping would have to clip per pair (chosen and rejected together); not built yet.
+        raise InvalidArgument("hyperparameters.dp_epsilon", f"differential privacy is not available with method "
+                                                             f"{method.upper()} yet; use SFT for a DP guarantee")
 
 
 def pii_mode(value: int) -> str:

@@ -34,8 +34,15 @@ from tunevault.server.contract.chat_data import (
     FieldError,
     Message,
     describe_keys,
-    parse_chat_record,
 )
+from tunevault.server.contract.chat_variants import TOP_LEVEL_TOOL_KEYS, parse_openai_chat, parse_sharegpt
+from tunevault.server.contract.json_array import array_items
+from tunevault.server.contract.preference_rows import (
+    PreferenceRow,
+    parse_openai_preference,
+    parse_trl_preference,
+)
+from tunevault.server.contract.text_checks import unencodable_field
 from tunevault.server.privacy.sealing.encryption import is_decrypting, open_plain
 
 Row = TypeVar("Row")
@@ -63,10 +70,14 @@ class RowFormat:
 
 
 FORMATS: dict[str, RowFormat] = {f.name: f for f in (
-    RowFormat("chat", ("messages",), shape='{"messages": [...]}', flat=False),
+    RowFormat("chat", ("messages",), TOP_LEVEL_TOOL_KEYS, shape='{"messages": [...]}', flat=False),
     RowFormat("instruction", ("instruction", "output"), ("input",), shape="instruction, input (optional), output"),
     RowFormat("completion", ("prompt", "completion"), shape="prompt, completion"),
     RowFormat("text", ("text",), shape="text"),
+    RowFormat("sharegpt", ("conversations",), shape='{"conversations": [{"from": ..., "value": ...}]}', flat=False),
+    RowFormat("preference", ("chosen", "rejected"), ("prompt",), shape="prompt (optional), chosen, rejected"),
+    RowFormat("openai_preference", ("input", "preferred_output", "non_preferred_output"), flat=False,
+              shape='{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}'),
 )}
 KNOWN_SHAPES = " / ".join(f.shape for f in FORMATS.values())
 EMPTY_REASONS = {
@@ -93,6 +104,7 @@ class TextRow:
 
 
 TrainingRow = ChatRow | TextRow
+AnyRow = TrainingRow | PreferenceRow  # what a dataset file holds: SFT rows, or preference rows for DPO/ORPO
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,11 @@ def check_format_name(data_format: str | None) -> str | None:
 def detect_row_format(keys: Iterable[object]) -> str | None:
     """The first format any of whose fields are present: a row with a typo still gets a precise error."""
     present = set(keys)
-    return next((f.name for f in FORMATS.values() if present & set(f.fields)), None)
+    # The format naming most of the keys wins (the first on a tie): prompt/chosen is a preference
+    # row missing its rejected answer, not a completion row.
+    scores = [(len(present & set(f.fields)), f.name) for f in FORMATS.values()]
+    best = max(scores, key=lambda score: score[0])
+    return best[1] if best[0] else None
 
 
 def _json_type(value: object) -> str:
@@ -172,7 +188,9 @@ def _text_row(record: dict[str, object], line_number: int) -> TextRow:
     return TextRow("", _string(record, "text"), line_number)
 
 
-PARSERS = {"chat": parse_chat_record, "instruction": _instruction_row, "completion": _completion_row, "text": _text_row}
+PARSERS = {"chat": parse_openai_chat, "instruction": _instruction_row, "completion": _completion_row,
+           "text": _text_row, "sharegpt": parse_sharegpt, "preference": parse_trl_preference,
+           "openai_preference": parse_openai_preference}
 
 
 @dataclass
@@ -195,6 +213,9 @@ class RowParser:
         fields = record.fields
         if not isinstance(fields, dict):
             raise FieldError("row", f"must be a JSON object, got {_json_type(fields)}")
+        unencodable = unencodable_field(fields)
+        if unencodable is not None:
+            raise FieldError(unencodable, "holds a lone UTF-16 surrogate (e.g. \\ud800): not valid Unicode text")
         found = detect_row_format(fields)
         if self.data_format is None:
             if found is None:
@@ -408,9 +429,11 @@ def _text_source(lines: Iterator[Line], requested: str | None) -> RecordSource:
         if raw.strip():
             if number == 1 and raw.startswith(PARQUET_MAGIC):
                 return _file_problem("parquet", FieldError("file", "is Parquet: check it from its path, not as lines"))
-            kind = "jsonl" if raw.lstrip().startswith(b"{") else "csv"
+            kind = "jsonl" if raw.lstrip().startswith(b"{") else "json" if raw.lstrip().startswith(b"[") else "csv"
             break
     rest = chain(peeked, lines)
+    if kind == "json":  # one JSON array of rows (Alpaca's files)
+        return RecordSource("json", (Record(n, value, problem) for n, value, problem in array_items(rest)))
     return RecordSource("jsonl", _jsonl_records(rest)) if kind == "jsonl" else _csv_source(rest, requested)
 
 

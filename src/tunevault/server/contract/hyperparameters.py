@@ -72,6 +72,8 @@ AUTO_DP_DELTA_CAP = 1e-5
 MAX_CANARIES = 8
 MAX_CANARY_REPETITIONS = 1000
 CANARY_SECRET_CHARS = (4, 200)
+PREFERENCE_FIELDS = ("preference_beta", "orpo_lambda")
+PREFERENCE_DEFAULT = 0.1  # beta (DPO) and lambda (ORPO): the values of the DPO and ORPO papers and TRL
 DP_FIELDS = ("dp_epsilon", "dp_noise_multiplier", "dp_delta", "dp_max_grad_norm", "dp_accountant")
 LIST_FIELDS = ("lora_target_modules", "canary_repetitions", "canary_secrets")
 
@@ -140,6 +142,9 @@ class Hyperparameters:
     # identifiers are looked for in greedy answers. canary_secrets replace the random secrets, in order.
     canary_repetitions: tuple[int, ...] | None = _setting(list, 1, MAX_CANARY_REPETITIONS)
     canary_secrets: tuple[str, ...] | None = _setting(list)
+    # Preference tuning only (None: PREFERENCE_DEFAULT at train time, so SFT specs stay as they were).
+    preference_beta: float | None = _setting(float, 0.0, 10.0, low_open=True)  # DPO's beta
+    orpo_lambda: float | None = _setting(float, 0.0, 10.0, low_open=True)  # ORPO's odds-ratio weight
 
     @property
     def dp(self) -> bool:
@@ -191,6 +196,8 @@ class ResolvedHyperparameters:
     dp_accountant: str | None
     canary_repetitions: tuple[int, ...]
     canary_secrets: tuple[str, ...]
+    preference_beta: float | None
+    orpo_lambda: float | None
 
     @property
     def dp(self) -> bool:
@@ -201,6 +208,9 @@ class ResolvedHyperparameters:
         out = _plain(asdict(self))
         if not self.dp:
             for name in DP_FIELDS:
+                del out[name]
+        for name in PREFERENCE_FIELDS:  # unset on every SFT job: left out, as before they existed
+            if out[name] is None:
                 del out[name]
         return out
 
@@ -234,7 +244,8 @@ class ResolvedHyperparameters:
 
 # Resolved fields that may be None: filled by the worker, decided on the device, or DP-only.
 OPTIONAL_WHEN_RESOLVED = frozenset({"lora_target_modules", "max_seq_len", "gradient_checkpointing",
-                                    "canary_repetitions", "canary_secrets", *DP_FIELDS})
+                                    "canary_repetitions", "canary_secrets", "preference_beta", "orpo_lambda",
+                                    *DP_FIELDS})
 assert [f.name for f in fields(ResolvedHyperparameters)] == list(RULES)  # one list of names, in the proto's order
 
 
@@ -429,5 +440,6 @@ def resolve(
         dp_accountant=(hp.dp_accountant or AUTO_DP_ACCOUNTANT) if hp.dp else None,
         canary_repetitions=hp.canary_repetitions or (),  # empty: no memorization audit
         canary_secrets=hp.canary_secrets or (),
+        preference_beta=hp.preference_beta, orpo_lambda=hp.orpo_lambda,
     )
     return resolved.with_data(longest_row_tokens) if longest_row_tokens is not None else resolved

@@ -16,6 +16,7 @@ from typing import Any
 from tunevault.server.contract.hyperparameters import HyperparameterError, ResolvedHyperparameters, resolve, validate
 
 PII_MODES = ("off", "redact", "reject")
+METHODS = ("sft", "dpo", "orpo")
 FILE_NAME = "spec.json"
 
 
@@ -33,6 +34,7 @@ class JobSpec:
     checkpoint_dir: Path
     hyperparameters: ResolvedHyperparameters
     pii: str = "off"  # off | redact | reject: what to do with personal identifiers first
+    method: str = "sft"  # sft | dpo | orpo: how the job learns (dpo/orpo read preference rows)
     data_format: str | None = None  # chat | instruction | completion | text; None detects it
     validation_data_format: str | None = None
     memory_estimate: dict[str, Any] | None = None  # the API's preflight estimate, reported beside the measured peak
@@ -53,6 +55,7 @@ class JobSpec:
             "checkpoint_dir": str(self.checkpoint_dir),
             "hyperparameters": self.hyperparameters.to_dict(),
             "pii": self.pii,
+            "method": self.method,
             "data_format": self.data_format,
             "validation_data_format": self.validation_data_format,
             "memory_estimate": self.memory_estimate,
@@ -82,6 +85,9 @@ class JobSpec:
         pii = raw.get("pii") or "off"
         if pii not in PII_MODES:
             raise SpecError(f"spec.json: 'pii' must be one of {', '.join(PII_MODES)}, got {pii!r}")
+        method = raw.get("method") or "sft"
+        if method not in METHODS:
+            raise SpecError(f"spec.json: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
         spec = cls(
             job_id=str(raw.get("job_id") or ""),
             base_model_dir=path("base_model_dir"),  # type: ignore[arg-type]
@@ -91,6 +97,7 @@ class JobSpec:
             checkpoint_dir=path("checkpoint_dir"),  # type: ignore[arg-type]
             hyperparameters=ResolvedHyperparameters.from_dict(raw.get("hyperparameters")),
             pii=pii,
+            method=method,
             data_format=raw.get("data_format") or None,
             validation_data_format=raw.get("validation_data_format") or None,
             memory_estimate=raw.get("memory_estimate") if isinstance(raw.get("memory_estimate"), dict) else None,

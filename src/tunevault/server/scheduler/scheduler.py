@@ -222,6 +222,7 @@ class Scheduler:
             checkpoint_dir=job_dir / "checkpoints",
             hyperparameters=resolved,
             pii=job.pii_mode,
+            method=job.method,
             # The format the upload named or detected, so the worker reads the rows the same way.
             data_format=train.format if train.format != "chat_jsonl" else None,
             validation_data_format=(validation.format if validation.format != "chat_jsonl" else None)

@@ -39,7 +39,7 @@ class JobRepository:
                    hyperparameters: dict[str, Any], idempotency_key: str | None,
                    display_name: str = "", priority: int = 0, max_attempts: int = 3,
                    not_before: float | None = None, tenant: str = "default",
-                   created_by: str | None = None, pii_mode: str = "off",
+                   created_by: str | None = None, pii_mode: str = "off", method: str = "sft",
                    queue: bool = False, audit_details: dict[str, Any] | None = None,
                    gpus: int | None = None) -> tuple[JobRecord, bool]:
         """Inserts a VALIDATING job, or returns the job already made with this idempotency key.
@@ -69,7 +69,7 @@ class JobRepository:
                 "hyperparameters": json.dumps(hyperparameters), "idempotency_key": idempotency_key or None,
                 "display_name": display_name, "priority": priority, "max_attempts": max_attempts,
                 "created_at": now, "not_before": not_before, "tenant": tenant, "created_by": created_by,
-                "pii_mode": pii_mode, "gpus": gpus,
+                "pii_mode": pii_mode, "gpus": gpus, "method": method,
             })
             self._events.insert_in(db, job_id, "job.created", "job created", {}, JobState.VALIDATING)
             if queue:

@@ -62,6 +62,7 @@ class JobRecord:
     tenant: str
     created_by: str | None
     pii_mode: str
+    method: str  # sft | dpo | orpo
     gpus: int | None = None  # GPUs it needs at once; None: the box's default (1 with GPUs, else 0)
     devices: tuple[int, ...] = ()  # device indexes its worker holds now
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from tunevault.server.contract.chat_data import DatasetError
 from tunevault.server.contract.events import EventWriter
 from tunevault.server.contract.job_spec import JobSpec
+from tunevault.server.contract.preference_rows import PREFERENCE_FORMATS
+from tunevault.server.training.pii_preference import back_to_preference_rows, has_tool_turns, write_pairs_as_chats
 
 MAX_LOCATIONS = 20
 
@@ -77,8 +79,12 @@ def as_chat_jsonl(path: Path, scratch: Path) -> tuple[Path, str | None]:
     from tunevault.server.contract.formats import read_dataset
 
     dataset = read_dataset(path)
-    if dataset.data_format == "chat" and dataset.file_kind == "jsonl":
+    # Tool calls and tool results are not in a message's content as uploaded: scrub the chats they become.
+    if dataset.data_format == "chat" and dataset.file_kind == "jsonl" and not has_tool_turns(path):
         return path, None
+    if dataset.data_format in PREFERENCE_FORMATS:
+        write_pairs_as_chats(dataset.rows, scratch)  # type: ignore[arg-type]  # preference rows, by the format
+        return scratch, "preference"
     with scratch.open("w", encoding="utf-8") as out:
         for row in dataset.rows:
             if isinstance(row, ChatRow):
@@ -92,7 +98,10 @@ def as_chat_jsonl(path: Path, scratch: Path) -> tuple[Path, str | None]:
 
 
 def back_to_text_rows(path: Path, text_format: str) -> None:
-    """Rewrite scrubbed chat rows made by as_chat_jsonl as prompt/completion or text rows again."""
+    """Rewrite scrubbed chat rows made by as_chat_jsonl as prompt/completion, text or preference rows again."""
+    if text_format == "preference":
+        back_to_preference_rows(path)
+        return
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     with path.open("w", encoding="utf-8") as out:
         for row in rows:

@@ -102,10 +102,7 @@ class QLoRATrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.data: JobData = prepare_job_data(
-            self.tokenizer, self.spec.train_file, self.spec.validation_file, self.spec.hyperparameters,
-            data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
-        )
+        self.data: JobData = self._prepare_data()
         self.hp = self.data.hyperparameters
         # Memorization audit: canary rows join the training rows after the data checks (off: no change).
         self.memorization = MemorizationAudit.for_job(self.hp, self.data.data_format, self._canary_secrets())
@@ -124,11 +121,7 @@ class QLoRATrainer:
         # new shapes each step cost more host time than the step's kernels (measured on an H100,
         # Llama-3-8B shape: 2.40 s for two steps at fixed width vs 6.16 s at varying widths).
         # DP-SGD never packs: a per-example gradient needs each example alone in its row.
-        self.stream = BatchStream(
-            self.data.train, self.hp.batch_size, self.hp.seed, pad,
-            pack_tokens=None if self.dp_enabled else self.data.max_seq_len,
-            fixed_width=self.device.type == "cuda",
-        )
+        self.stream = self._train_stream(pad)
         self.eval_set = eval_batches(self.data.validation, max(EVAL_BATCH_ROWS, self.hp.batch_size), pad)
         self.events.emit(
             "data.prepared",
@@ -194,6 +187,21 @@ class QLoRATrainer:
                 sample_rate=self.dp_plan.sample_rate, accountant=self.dp_plan.accountant, delta=self.dp_plan.delta,
                 steps_done=self.state.step,
             )
+
+    def _prepare_data(self) -> JobData:
+        """The job's rows, tokenized (a hook: preference_trainer.py reads pairs instead)."""
+        return prepare_job_data(
+            self.tokenizer, self.spec.train_file, self.spec.validation_file, self.spec.hyperparameters,
+            data_format=self.spec.data_format, validation_data_format=self.spec.validation_data_format,
+        )
+
+    def _train_stream(self, pad: int) -> Any:
+        """The deterministic stream of training micro-batches (a hook: preference jobs stream pairs)."""
+        return BatchStream(
+            self.data.train, self.hp.batch_size, self.hp.seed, pad,
+            pack_tokens=None if self.dp_enabled else self.data.max_seq_len,
+            fixed_width=self.device.type == "cuda",
+        )
 
     def _plan_dp(self) -> None:
         """The noise for the target epsilon (or the epsilon of the given noise), with the preflight's warnings as events."""

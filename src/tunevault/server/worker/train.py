@@ -76,6 +76,7 @@ def run(jobs_dir: Path, job_id: str) -> int:
         from tunevault.server.privacy.sealing.sealed_job import SealedJob
         from tunevault.server.training.pii_step import apply_pii
         from tunevault.server.training.runtime import quiet_progress_bars
+        from tunevault.server.training.preference_trainer import PreferenceTrainer
         from tunevault.server.training.trainer import QLoRATrainer
 
         quiet_progress_bars()
@@ -89,7 +90,8 @@ def run(jobs_dir: Path, job_id: str) -> int:
         if sealed is not None:
             sealed.seal_scrubbed()
         stop.check()
-        result = QLoRATrainer(spec, events, stop, ranks).run()
+        trainer = QLoRATrainer if spec.method == "sft" else PreferenceTrainer
+        result = trainer(spec, events, stop, ranks).run()
         egress_guard.raise_if_blocked()
         if sealed is not None:
             sealed.seal_outputs()  # before exit 0: the scheduler packs the adapter once we are gone

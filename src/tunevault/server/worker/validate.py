@@ -22,6 +22,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from tunevault.server.contract.events import EventWriter
 from tunevault.server.privacy import egress_guard
@@ -46,8 +47,9 @@ def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
         # Refuses the data naming where identifiers are; redact runs in the worker, which trains on its output.
         apply_pii(spec, events)
     tokenizer = AutoTokenizer.from_pretrained(str(spec.base_model_dir), local_files_only=True)
-    data = prepare_job_data(tokenizer, spec.train_file, spec.validation_file, spec.hyperparameters,
-                            data_format=spec.data_format, validation_data_format=spec.validation_data_format)
+    prepare = prepare_job_data if spec.method == "sft" else _preference_job_data
+    data = prepare(tokenizer, spec.train_file, spec.validation_file, spec.hyperparameters,
+                   data_format=spec.data_format, validation_data_format=spec.validation_data_format)
     check_fits_model(spec.base_model_dir, data.max_seq_len)
     for warning in data.warnings(tokenizer.eos_token):
         events.emit("data.warning", warning)
@@ -62,6 +64,13 @@ def validate(jobs_dir: Path, job_id: str, events: EventWriter) -> None:
                 f"{stats['validation_rows']:.0f} validation rows, {data.data_format} format, "
                 f"max_seq_len {data.max_seq_len}",
                 stats, data_format=data.data_format)
+
+
+def _preference_job_data(*args: Any, **kwargs: Any) -> Any:
+    """A DPO/ORPO job's pairs, checked as the worker will read them; their JobData view for the figures."""
+    from tunevault.server.training.preference_data import prepare_preference_data
+
+    return prepare_preference_data(*args, **kwargs).job
 
 
 def run(jobs_dir: Path, job_id: str) -> int:
