@@ -86,7 +86,7 @@ def test_truncation_cuts_labels_and_prompt_keeps_the_generation_header(tmp_path:
     ('{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}', "role"),
     ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}', "content"),
     ('{"messages": [{"role": "user", "content": "x"}]}', "last message"),
-    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": []}', "tools"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": 5}', "tools"),
     ('[1, 2]', "object"),
     ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}', "empty answer"),
     ('{"prompt": "x", "completion": "y"}', "messages: missing"),
