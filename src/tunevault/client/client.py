@@ -189,17 +189,16 @@ class Client:
         temporary.replace(target)
         return target
 
-    def generate(self, prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
-                 temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None,
-                 system: str = "", history: list[tuple[str, str]] | None = None,
-                 timeout: float | None = 600) -> pb.GenerateResponse:
-        """history: earlier (user, assistant) exchanges of a conversation, oldest first."""
-        turns = [pb.ChatTurn(role=role, content=text)
-                 for user, assistant in history or [] for role, text in (("user", user), ("assistant", assistant))]
-        request = pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, stop=stop or [], system=system,
-                                     history=turns)
-        return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
+    def generate(self, prompt: str, *, timeout: float | None = 600, **options: Any) -> pb.GenerateResponse:
+        """One whole completion. options: job_id or base_model, max_tokens, temperature, top_p, stop,
+        system, history (earlier (user, assistant) exchanges, oldest first), raw, seed."""
+        return self._stub.Generate(_generate_request(prompt, **options), metadata=self._metadata, timeout=timeout)
+
+    def generate_stream(self, prompt: str, *, timeout: float | None = 600,
+                        **options: Any) -> Iterator[pb.GenerateStreamResponse]:
+        """The completion as it is generated: pieces of text, the last message with the counts."""
+        return self._stub.GenerateStream(_generate_request(prompt, **options), metadata=self._metadata,
+                                         timeout=timeout)
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:
         """The grpc.health.v1 status name, e.g. "SERVING" (imported lazily: health is optional)."""
@@ -208,6 +207,17 @@ class Client:
                                            request_serializer=lambda r: r,
                                            response_deserializer=_health_status_name)
         return method(request, timeout=timeout)
+
+
+def _generate_request(prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
+                      temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None, system: str = "",
+                      history: list[tuple[str, str]] | None = None, raw: bool = False,
+                      seed: int | None = None) -> pb.GenerateRequest:
+    turns = [pb.ChatTurn(role=role, content=text)
+             for user, assistant in history or [] for role, text in (("user", user), ("assistant", assistant))]
+    return pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
+                              temperature=temperature, top_p=top_p, stop=stop or [], system=system, history=turns,
+                              raw=raw, seed=seed)
 
 
 def _health_request(service: str) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from concurrent import futures
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +24,7 @@ from tunevault.server.api.servicer import TuneVaultServicer, add_to_server
 from tunevault.server.config import ServerConfig
 from tunevault.server.inference.client import InferenceProcess
 from tunevault.server.metrics import Metrics, serve_metrics
+from tunevault.server.openai_gateway.gateway import Gateway, tls_context
 from tunevault.server.privacy.sealing.keys import MasterKeyError, configure_server
 from tunevault.server.scheduler.scheduler import Scheduler
 from tunevault.server.store import Store
@@ -84,6 +87,8 @@ class App:
         reflection.enable((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                           self.grpc_server)
         self.port = 0
+        self.gateway: Gateway | None = None
+        self._gateway_socket_dir: str | None = None
 
     def _audit_outcome(self, job) -> None:
         """Every job's end goes into the audit log, whoever ended it."""
@@ -107,8 +112,11 @@ class App:
         if self.port == 0:
             raise SystemExit(f"cannot listen on {self.config.listen}")
         serve_metrics(self.config.metrics_listen, self.metrics.registry)
+        gateway_target = self._gateway_socket() if self.config.openai_listen else None
         self.scheduler.start()
         self.grpc_server.start()
+        if gateway_target is not None:
+            self._start_gateway(gateway_target)
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         host = self.config.listen.rpartition(":")[0]
@@ -119,13 +127,39 @@ class App:
         grace = self.config.shutdown_grace_seconds
         log.info("shutting down (grace %.0fs)", grace)
         self.health.enter_graceful_shutdown()
+        if self.gateway is not None:
+            self.gateway.stop()
         drained = self.grpc_server.stop(grace)
         self.scheduler.stop(grace)
         drained.wait(grace)
         self.inference.close()
         self.keys.close()
         self.store.close()
+        if self._gateway_socket_dir is not None:
+            shutil.rmtree(self._gateway_socket_dir, ignore_errors=True)
         log.info("stopped")
+
+    def _gateway_socket(self) -> str:
+        """A unix socket for the OpenAI gateway's gRPC calls, in a fresh 0700 folder only this user can enter.
+
+        Plaintext on purpose (the HTTP side has the TLS); bearer tokens are checked on it as on the port.
+        """
+        self._gateway_socket_dir = tempfile.mkdtemp(prefix="tunevault-gateway-")
+        target = f"unix:{self._gateway_socket_dir}/grpc.sock"
+        self.grpc_server.add_insecure_port(target)
+        return target
+
+    def _start_gateway(self, target: str) -> None:
+        config = self.config
+        tls = tls_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+        assert config.openai_listen is not None and (tls is None or config.tls_key is not None)
+        try:
+            self.gateway = Gateway(config.openai_listen, target, tls)
+        except OSError as error:
+            raise SystemExit(f"cannot listen on {config.openai_listen} (--openai-listen): {error}") from None
+        self.gateway.start()
+        host = config.openai_listen.rpartition(":")[0]
+        log.info("OpenAI-compatible API on %s://%s:%d/v1", "https" if tls else "http", host, self.gateway.port)
 
 
 SIGNAL_POLL_SECONDS = 0.5

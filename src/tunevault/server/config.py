@@ -44,6 +44,8 @@ class ServerConfig:
     models_dir: Path | None = None
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
+    # The OpenAI-compatible HTTP API (openai_gateway/); None: off.
+    openai_listen: str | None = None
     # Jobs trained at once; one per GPU on a multi-GPU box.
     max_concurrent_jobs: int = 1
     # GPU indexes the scheduler hands to workers (CUDA_VISIBLE_DEVICES); empty: a CPU box, where

@@ -135,6 +135,11 @@ class TuneVaultStub:
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.unary_stream(
+                '/tunevault.v1.TuneVault/GenerateStream',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
 
 
 class TuneVaultServicer:
@@ -284,6 +289,14 @@ class TuneVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateStream(self, request, context):
+        """Generate, token by token: each message carries the new text; the last one also says why it
+        stopped and how many tokens were used. The OpenAI-compatible HTTP endpoint streams through it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TuneVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +399,11 @@ def add_TuneVaultServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.FromString,
                     response_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -929,6 +947,33 @@ class TuneVault:
             '/tunevault.v1.TuneVault/Generate',
             tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
             tunevault_dot_v1_dot_tunevault__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/GenerateStream',
+            tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,10 +27,12 @@ def _job_or_base(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     _job_or_base(args)
     with connect(args) as client:
-        response = client.generate(args.prompt, job_id=args.job or "", base_model=args.base or "",
-                                   max_tokens=args.max_tokens, temperature=args.temperature, stop=args.stop,
-                                   system=args.system or "")
-    print(response.text)
+        # Streamed: on a CPU box a long answer takes a while, and the first words come at once.
+        for piece in client.generate_stream(args.prompt, job_id=args.job or "", base_model=args.base or "",
+                                            max_tokens=args.max_tokens, temperature=args.temperature, stop=args.stop,
+                                            system=args.system or ""):
+            print(piece.delta, end="", flush=True)
+    print()
     return 0
 
 

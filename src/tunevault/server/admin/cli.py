@@ -66,6 +66,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "the default model in .cache/models of the checkout")
     serve.add_argument("--listen", default="127.0.0.1:50051")
     serve.add_argument("--metrics-listen", default="127.0.0.1:9464")
+    serve.add_argument("--openai-listen", default=os.environ.get("TUNEVAULT_OPENAI_LISTEN") or None,
+                       help="also serve an OpenAI-compatible HTTP API here, e.g. 127.0.0.1:8000 (env "
+                            "TUNEVAULT_OPENAI_LISTEN; off by default): /v1/chat/completions, /v1/completions, "
+                            "/v1/models with the same bearer tokens; HTTPS with the --tls-* files")
     serve.add_argument("--max-concurrent-jobs", type=int, default=None,
                        help="jobs trained at once (default one per GPU of --gpus, 1 on a CPU box)")
     serve.add_argument("--executor", choices=["local", "kubernetes"],

@@ -25,7 +25,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         settings_from_env(os.environ)  # refuse to start without them, naming what is missing
     return ServerConfig(
         data_dir=data_dir, models_dir=args.models_dir.absolute() if args.models_dir else None,
-        listen=args.listen, metrics_listen=args.metrics_listen,
+        listen=args.listen, metrics_listen=args.metrics_listen, openai_listen=args.openai_listen,
         max_concurrent_jobs=max_concurrent_jobs(args.max_concurrent_jobs, gpus), gpus=gpus, executor=args.executor,
         shutdown_grace_seconds=args.shutdown_grace,
         tls_cert=args.tls_cert_file, tls_key=args.tls_key_file, tls_client_ca=args.tls_client_ca,

@@ -28,6 +28,9 @@ from tunevault.server.store import Store
 ROLES = ("viewer", "submitter", "admin")
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# The HTTP caller's address, set by the OpenAI gateway (openai_gateway/gateway.py); believed only on
+# calls that come over the gateway's private unix socket, where nothing else can connect.
+FORWARDED_PEER_METADATA = "tunevault-http-peer"
 
 # The least role each method needs; a method missing here is refused (admin only).
 METHOD_ROLE = {
@@ -36,7 +39,7 @@ METHOD_ROLE = {
     "CreateJob": "submitter", "GetJob": "viewer", "ListJobs": "viewer", "CancelJob": "submitter",
     "PauseJob": "submitter", "ResumeJob": "submitter", "DeleteJob": "submitter",
     "ListCheckpoints": "viewer", "GetStatus": "viewer", "StreamJobEvents": "viewer",
-    "ListModels": "viewer", "DownloadArtifact": "viewer", "Generate": "submitter",
+    "ListModels": "viewer", "DownloadArtifact": "viewer", "Generate": "submitter", "GenerateStream": "submitter",
     "CreateToken": "admin", "ListTokens": "admin", "RevokeToken": "admin",
 }
 
@@ -129,6 +132,16 @@ class TokenBuckets:
         return allowed
 
 
+def _caller(context: grpc.ServicerContext) -> str:
+    """The peer to audit: the gRPC one, or for the OpenAI gateway's calls the HTTP client it serves."""
+    peer = context.peer() or "unknown"
+    if peer.startswith("unix:"):
+        forwarded = [v for k, v in (context.invocation_metadata() or ()) if k == FORWARDED_PEER_METADATA]
+        if forwarded:
+            return f"http:{forwarded[0]}"
+    return peer
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates, authorizes and rate-limits each call before the servicer sees it."""
 
@@ -182,7 +195,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         def enter(context: grpc.ServicerContext) -> None:
             # A refusal is a domain error: the ErrorInterceptor outside maps it to its code.
-            _call_site.set((method, context.peer() or "unknown"))
+            _call_site.set((method, _caller(context)))
             principal = self._authenticate(method, context)
             _principal.set(principal)
             logs.tenant.set(principal.tenant)

@@ -6,6 +6,7 @@ tenant's job or dataset is NOT_FOUND: its existence does not leak.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -307,6 +308,23 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
                 yield pb.DownloadArtifactResponse(chunk=chunk)
 
     def Generate(self, request, context):
+        completion = self.inference.generate(**self._generation(request, "Generate"))
+        return pb.GenerateResponse(text=completion.text, completion_tokens=completion.tokens,
+                                   prompt_tokens=completion.prompt_tokens, finish_reason=completion.finish_reason)
+
+    def GenerateStream(self, request, context):
+        with contextlib.closing(self.inference.generate_stream(**self._generation(request, "GenerateStream"))) as items:
+            for item in items:
+                if isinstance(item, str):
+                    yield pb.GenerateStreamResponse(delta=item)
+                else:
+                    yield pb.GenerateStreamResponse(completion_tokens=item.tokens, prompt_tokens=item.prompt_tokens,
+                                                    finish_reason=item.finish_reason)
+                if not context.is_active():
+                    return  # the caller went away; closing drains the rest of this generation
+
+    def _generation(self, request: pb.GenerateRequest, method: str) -> dict:
+        """The inference request's fields for a checked GenerateRequest of the caller's."""
         max_tokens, top_p = check.generation(request)
         if request.job_id:
             job = self._succeeded_job(request.job_id)
@@ -318,14 +336,12 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         model = find_model(self.config.resolved_models_dir, base_model)
         # The prompt itself is not logged: it may carry exactly the data this appliance protects.
         history = [{"role": t.role, "content": t.content} for t in request.history]
-        self._audit("Generate", job_id=request.job_id or None, base_model=base_model,
+        self._audit(method, job_id=request.job_id or None, base_model=base_model,
                     prompt_chars=len(request.prompt) + sum(len(t["content"]) for t in history))
-        completion = self.inference.generate(
-            base_model_dir=model.path, adapter_dir=adapter, prompt=request.prompt, system=request.system or None,
-            max_tokens=max_tokens, temperature=request.temperature, top_p=top_p, stop=list(request.stop),
-            history=history,
-        )
-        return pb.GenerateResponse(text=completion.text, completion_tokens=completion.tokens)
+        return {"base_model_dir": model.path, "adapter_dir": adapter, "prompt": request.prompt,
+                "system": request.system or None, "max_tokens": max_tokens, "temperature": request.temperature,
+                "top_p": top_p, "stop": list(request.stop), "history": history, "raw": request.raw,
+                "seed": request.seed if request.HasField("seed") else None}
 
     def _succeeded_job(self, job_id: str) -> JobRecord:
         job = self._job(job_id)

@@ -154,6 +154,8 @@ def generation(request: pb.GenerateRequest) -> tuple[int, float]:
         raise InvalidArgument("top_p", "must be in (0, 1]")
     if len(request.stop) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_LABEL_CHARS for s in request.stop):
         raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_LABEL_CHARS} characters")
+    if request.raw and (request.system or request.history):
+        raise InvalidArgument("raw", "a raw prompt is continued as plain text: give no system message or history")
     return max_tokens, top_p
 
 

@@ -7,11 +7,12 @@ import logging
 import os
 import subprocess
 import threading
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tunevault.server.errors import Unavailable
-from tunevault.server.inference.protocol import Answer, Completion, Request
+from tunevault.server.inference.protocol import Answer, Completion, Delta, Request
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +44,58 @@ class InferenceProcess:
                 )
         return self._process
 
-    def generate(self, *, base_model_dir: Path, adapter_dir: Path | None, prompt: str, system: str | None, max_tokens: int,
-                 temperature: float, top_p: float, stop: list[str], history: list[dict[str, str]] | None = None) -> Completion:
-        request = Request(id="", base_model_dir=base_model_dir, adapter_dir=adapter_dir, prompt=prompt, system=system,
-                          max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, history=history or [])
+    def generate(self, **fields: Any) -> Completion:
+        """A whole completion; `fields` are Request's (base_model_dir, adapter_dir, prompt, ...)."""
+        for item in self.generate_stream(stream=False, **fields):
+            if isinstance(item, Completion):
+                return item
+        raise AssertionError("unreachable: generate_stream always ends with the completion")
+
+    def generate_stream(self, stream: bool = True, **fields: Any) -> Iterator[str | Completion]:
+        """The completion's text piece by piece as it is generated, then the Completion itself.
+
+        The process answers one request at a time, so the lock is held until the answer line is
+        read: a caller that stops early (a client that went away) still drains the rest, or the
+        next request would read this one's lines.
+        """
         with self._lock:
             process = self._ensure_started()
-            request = replace(request, id=str(next(self._ids)))
+            request = Request(id=str(next(self._ids)), stream=stream, **fields)
             try:
-                assert process.stdin is not None and process.stdout is not None
+                assert process.stdin is not None
                 process.stdin.write(request.to_line())
                 process.stdin.flush()
-                line = process.stdout.readline()
             except (BrokenPipeError, OSError) as error:
+                raise Unavailable(f"the inference process stopped ({error}); retry") from error
+            lines = self._answer_lines(process)
+            try:
+                for item in lines:
+                    if isinstance(item, Delta):
+                        yield item.text
+                    elif item.error is not None:
+                        # Requests are validated before they get here, so a failure there is a fault.
+                        raise RuntimeError(f"inference failed: {item.error}")
+                    else:
+                        yield item.completion()
+            finally:
+                for _ in lines:  # the caller stopped early: read up to this request's answer
+                    pass
+
+    @staticmethod
+    def _answer_lines(process: subprocess.Popen) -> Iterator[Delta | Answer]:
+        """This request's delta lines, then its answer line."""
+        assert process.stdout is not None
+        while True:
+            try:
+                line = process.stdout.readline()
+            except OSError as error:
                 raise Unavailable(f"the inference process stopped ({error}); retry") from error
             if not line:
                 raise Unavailable("the inference process exited; see inference.log; retry")
-        answer = Answer.parse_line(line)
-        if answer.error is not None:
-            # Requests are validated before they get here, so a failure there is a fault.
-            raise RuntimeError(f"inference failed: {answer.error}")
-        return Completion(text=answer.text, tokens=answer.tokens)
+            item = Answer.parse_line(line)
+            yield item
+            if isinstance(item, Answer):
+                return
 
     def close(self) -> None:
         with self._lock:

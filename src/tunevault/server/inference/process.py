@@ -20,12 +20,13 @@ import os
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tunevault.server.inference import protocol
 from tunevault.server.inference.protocol import Completion, Request, RequestError
+from tunevault.server.inference.streamed_text import StreamedText, cut_at_stop
 from tunevault.server.privacy import egress_guard
 from tunevault.server.training.runtime import force_offline
 
@@ -89,9 +90,8 @@ class Engine:
         self.model.eval()
         return True
 
-    def generate(self, request: Request) -> Completion:
-        import contextlib
-
+    def generate(self, request: Request, send: Callable[[str], None] | None = None) -> Completion:
+        """The completion; with `send`, its text is also handed over piece by piece as it is generated."""
         import torch
         from peft import PeftModel
         from transformers import GenerationConfig
@@ -100,7 +100,7 @@ class Engine:
             self._load_base(request.base_model_dir)
         use_adapter = self._activate(request.adapter_dir)
         tokenizer = self.tokenizer
-        if use_adapter and trained_on_plain_text(request.adapter_dir):
+        if request.raw or (use_adapter and trained_on_plain_text(request.adapter_dir)):
             # Prompt/completion and text adapters learnt to continue raw text, as they were trained.
             ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
         else:
@@ -129,23 +129,47 @@ class Engine:
             torch.manual_seed(request.seed)
         # The base alone answers a request without an adapter, even once adapters are loaded.
         base_only = isinstance(self.model, PeftModel) and not use_adapter
+
+        def decode(generated: list[int]) -> str:
+            if tokenizer.eos_token_id in generated:
+                generated = generated[: generated.index(tokenizer.eos_token_id)]
+            return tokenizer.decode(generated, skip_special_tokens=True)
+
+        pieces = StreamedText(decode, request.stop, send) if send is not None else None
         with torch.no_grad(), (self.model.disable_adapter() if base_only else contextlib.nullcontext()):
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=config,
                 tokenizer=tokenizer,
+                streamer=_TokenFeed(pieces) if pieces is not None else None,
             )
         generated = output[0, input_ids.shape[1] :].tolist()
         produced = len(generated)  # every generated token counts, the closing end-of-turn too (as vLLM counts)
-        if tokenizer.eos_token_id in generated:
-            generated = generated[: generated.index(tokenizer.eos_token_id)]
-        completion = tokenizer.decode(generated, skip_special_tokens=True)
         # Like the OpenAI API: the completion ends before the first stop string, which is not included.
-        cut = min((i for i in (completion.find(s) for s in request.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            completion = completion[:cut]
-        return Completion(text=completion, tokens=produced)
+        completion, stopped = cut_at_stop(decode(generated), request.stop)
+        ran_out = produced >= request.max_tokens and not stopped and tokenizer.eos_token_id not in generated
+        if pieces is not None:
+            pieces.finish(completion)
+        return Completion(text=completion, tokens=produced, prompt_tokens=len(ids),
+                          finish_reason="length" if ran_out else "stop")
+
+
+class _TokenFeed:
+    """A transformers streamer: generate() hands it the prompt once, then each new token."""
+
+    def __init__(self, pieces: StreamedText) -> None:
+        self.pieces = pieces
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.pieces.add(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -182,6 +206,13 @@ def trained_on_plain_text(adapter_dir: Path | None) -> bool:
     return metrics.get("data", {}).get("format") in ("completion", "text")
 
 
+def _line_writer(stdout: Any, request_id: str) -> Callable[[str], None]:
+    def send(piece: str) -> None:
+        stdout.write(protocol.Delta(request_id, piece).to_line())
+        stdout.flush()
+    return send
+
+
 def serve(stdin: Any, stdout: Any) -> int:
     engine = Engine()
     for line in stdin:
@@ -191,10 +222,11 @@ def serve(stdin: Any, stdout: Any) -> int:
         try:
             request_id = protocol.request_id(line)
             request = protocol.Request.parse_line(line)
-            completion = engine.generate(request)
+            send = _line_writer(stdout, request.id) if request.stream else None
+            completion = engine.generate(request, send)
             # Checked after the work: a library may have swallowed the EgressBlocked it met.
             egress_guard.raise_if_blocked()
-            answer = protocol.Answer(request.id, text=completion.text, tokens=completion.tokens)
+            answer = protocol.Answer.of(request.id, completion)
         except protocol.RequestError as exc:
             answer = protocol.Answer(request_id, error=str(exc))
         except egress_guard.EgressBlocked as exc:

@@ -2,8 +2,11 @@
 
     request: {"id": str, "base_model_dir": str, "adapter_dir": str | null, "prompt": str, "system": str | null,
               "max_tokens": int, "temperature": float (0 = greedy), "top_p": float, "stop": [str],
-              "seed": int | null, "history": [{"role", "content"}, ...]}
-    answer:  {"id", "text", "tokens"} or {"id", "error"}
+              "seed": int | null, "history": [{"role", "content"}, ...], "raw": bool, "stream": bool}
+    answer:  {"id", "text", "tokens", "prompt_tokens", "finish_reason"} or {"id", "error"}
+
+A request with "stream": true is answered by any number of {"id", "delta"} lines, the text as it is
+generated, before its answer line; the deltas joined are the answer's text.
 
 The server process writes requests and reads answers (inference/client.py), the inference process
 the other way round (inference/process.py); both go through these classes, so the lines have one
@@ -38,6 +41,8 @@ class Request:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     history: list[dict[str, str]] = field(default_factory=list)  # earlier turns, user first, alternating
+    raw: bool = False  # the prompt is plain text to continue: no chat template
+    stream: bool = False  # send delta lines while generating
 
     def to_line(self) -> str:
         body = {**asdict(self), "base_model_dir": str(self.base_model_dir),
@@ -82,6 +87,10 @@ class Request:
         if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
             raise RequestError(f"stop must be a list of at most {MAX_STOP_STRINGS} non-empty strings")
         seed = raw.get("seed")
+        flags = {key: raw.get(key, False) for key in ("raw", "stream")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise RequestError(f"{key} must be true or false")
         history = raw.get("history") or []
         if not isinstance(history, list) or not all(
             isinstance(t, dict) and t.get("role") == ("user", "assistant")[i % 2] and isinstance(t.get("content"), str)
@@ -100,6 +109,7 @@ class Request:
             stop=stop,
             seed=number("seed", 0, 0, 2**32 - 1, integer=True) if seed is not None else None,
             history=[{"role": t["role"], "content": t["content"]} for t in history],
+            **flags,
         )
 
 
@@ -107,6 +117,8 @@ class Request:
 class Completion:
     text: str
     tokens: int
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"  # or "length": max_tokens ran out first
 
 
 def request_id(line: str) -> str | None:
@@ -125,16 +137,41 @@ class Answer:
     id: str | None
     text: str = ""
     tokens: int = 0
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"
     error: str | None = None
+
+    @classmethod
+    def of(cls, request_id: str | None, completion: Completion) -> Answer:
+        return cls(request_id, text=completion.text, tokens=completion.tokens, prompt_tokens=completion.prompt_tokens,
+                   finish_reason=completion.finish_reason)
 
     def to_line(self) -> str:
         body: dict[str, Any] = {"id": self.id, "error": self.error} if self.error is not None else \
-            {"id": self.id, "text": self.text, "tokens": self.tokens}
+            {"id": self.id, "text": self.text, "tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
+             "finish_reason": self.finish_reason}
         return json.dumps(body) + "\n"
 
     @classmethod
-    def parse_line(cls, line: str) -> Answer:
+    def parse_line(cls, line: str) -> Answer | Delta:
         raw = json.loads(line)
+        if "delta" in raw:
+            return Delta(raw.get("id"), str(raw["delta"]))
         if "error" in raw:
             return cls(raw.get("id"), error=str(raw["error"]))
-        return cls(raw.get("id"), text=str(raw["text"]), tokens=int(raw.get("tokens", 0)))
+        return cls(raw.get("id"), text=str(raw["text"]), tokens=int(raw.get("tokens", 0)),
+                   prompt_tokens=int(raw.get("prompt_tokens", 0)), finish_reason=str(raw.get("finish_reason", "stop")))
+
+    def completion(self) -> Completion:
+        return Completion(self.text, self.tokens, self.prompt_tokens, self.finish_reason)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A streamed piece of a completion's text."""
+
+    id: str | None
+    text: str
+
+    def to_line(self) -> str:
+        return json.dumps({"id": self.id, "delta": self.text}) + "\n"
