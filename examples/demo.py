@@ -4,7 +4,8 @@ Starts `tunevault serve` on a free local port with a temporary data directory, s
 triage example, watches it with the progress bar, then shows eval loss and task accuracy
 before vs after and one generation from the base model vs the adapter; then a DPO job on the
 synthetic preference set (examples/preference.jsonl) shows the preferred answers becoming the
-likelier ones on held-out questions; and stops the server.
+likelier ones on held-out questions; the OpenAI SDK streams an answer from the adapter through
+the OpenAI-compatible endpoint; and stops the server.
 """
 
 from __future__ import annotations
@@ -107,6 +108,20 @@ def run_preference_step(env: dict[str, str]) -> None:
     preference_report(json.loads(cli("status", job_id, "--json", env=env)))
 
 
+def run_openai_step(http_port: int, token: str, job_id: str, system: str, prompt: str) -> None:
+    """The adapter through the OpenAI-compatible API, as an existing OpenAI app would call it."""
+    from openai import OpenAI
+
+    banner(f"the same note through the OpenAI SDK (base_url http://127.0.0.1:{http_port}/v1, model {job_id})")
+    client = OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=token)
+    stream = client.chat.completions.create(model=job_id, max_tokens=16, temperature=0, stream=True, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": prompt}])
+    print("streamed: ", end="")
+    for chunk in stream:
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
@@ -119,7 +134,7 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="tunevault-demo-"))
-    port = free_port()
+    port, http_port = free_port(), free_port()
     # The first admin token comes from a file, as a Kubernetes Secret would give it.
     token = "tv_" + secrets.token_urlsafe(32)
     token_file = data_dir / "admin-token"
@@ -129,7 +144,8 @@ def main() -> int:
     banner(f"starting the server on 127.0.0.1:{port} (data in {data_dir})")
     server = subprocess.Popen([*TUNEVAULT, "serve", "--data-dir", str(data_dir), "--models-dir",
                                str(args.models_dir.resolve()), "--listen", f"127.0.0.1:{port}",
-                               "--metrics-listen", f"127.0.0.1:{free_port()}", "--admin-token-file", str(token_file)],
+                               "--metrics-listen", f"127.0.0.1:{free_port()}", "--admin-token-file", str(token_file),
+                               "--openai-listen", f"127.0.0.1:{http_port}"],
                               env=env)
     try:
         wait_serving(env, server)
@@ -150,6 +166,7 @@ def main() -> int:
         common = ["--system", system, "--max-tokens", "16"]
         print("base:    " + cli("generate", "--base", MODEL, prompt, *common, env=env).strip())
         print("adapter: " + cli("generate", job_id, prompt, *common, env=env).strip())
+        run_openai_step(http_port, token, job_id, system, prompt)
         banner("the job's report (report.md, loss_curve.png, metrics.json)")
         args.out.mkdir(parents=True, exist_ok=True)
         print(cli("report", job_id, "--out", str(args.out), env=env), end="")
