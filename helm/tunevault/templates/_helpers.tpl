@@ -223,6 +223,12 @@ The single-replica rule and value types live in values.schema.json.
 {{- if and (not .Values.persistence.enabled) .Values.persistence.existingClaim -}}
 {{- $messages = append $messages "persistence.existingClaim: is ignored unless persistence.enabled=true" -}}
 {{- end -}}
+{{- if and .Values.openai.enabled (has (int .Values.containerPorts.openai) (list (int .Values.containerPorts.grpc) (int .Values.containerPorts.metrics))) -}}
+{{- $messages = append $messages (printf "containerPorts.openai: %v is already the gRPC or metrics port; give the OpenAI-compatible API a port of its own" .Values.containerPorts.openai) -}}
+{{- end -}}
+{{- if and .Values.openai.enabled (eq (int .Values.service.ports.openai) (int .Values.service.ports.grpc)) -}}
+{{- $messages = append $messages (printf "service.ports.openai: %v is already service.ports.grpc; the Service needs a port of its own for each API" .Values.service.ports.openai) -}}
+{{- end -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
 {{- end -}}
