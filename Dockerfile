@@ -123,7 +123,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER ${TUNEVAULT_UID}:${TUNEVAULT_UID}
 WORKDIR /home/tunevault
 VOLUME ["/data", "/models"]
-EXPOSE 50051 9464
+# 8000: the OpenAI-compatible API, when `--openai-listen` (or the chart's openai.enabled) turns it on.
+EXPOSE 50051 9464 8000
 
 # grpc.health.v1 on the API port (plaintext; an image started with --tls-cert needs its own check).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \

@@ -340,7 +340,7 @@ def test_data_and_models_volumes_and_caches_under_home():
     assert final_env["HF_HOME"].startswith("/home/tunevault/") and final_env["XDG_CACHE_HOME"].startswith("/home/tunevault/")
     assert final_env["TUNEVAULT_MODELS_DIR"] == "/models"
     assert instruction("VOLUME", FINAL_STAGE) == ['["/data", "/models"]']
-    assert instruction("EXPOSE", FINAL_STAGE) == ["50051 9464"]
+    assert instruction("EXPOSE", FINAL_STAGE) == ["50051 9464 8000"]  # gRPC, metrics, the OpenAI API (off by default)
 
 
 def test_entrypoint_is_tunevault_serve():

@@ -285,7 +285,9 @@ def _check_modules(name: str, value: Any) -> tuple[str, ...]:
         raise HyperparameterError(name, "must name between 1 and 64 modules")
     for item in value:
         if not isinstance(item, str) or not item or len(item) > 128:
-            raise HyperparameterError(name, f"module names must be non-empty strings, got {item!r}")
+            # The value itself is not echoed: a caller's mistake may have pasted private text here.
+            raise HyperparameterError(name, f"module names must be non-empty strings of at most 128 characters, "
+                                            f"got a {type(item).__name__}")
         if not all(c.isalnum() or c in "._-" for c in item):
             raise HyperparameterError(name, "a module name has characters other than letters, digits, '.', '_', '-'")
     return tuple(value)
@@ -295,7 +297,7 @@ def _check_switch(name: str, value: Any) -> bool:
     # Strict like the numbers: "false" or 0 from a hand-written spec is a caller bug, and a
     # truthy "false" would silently turn the switch on.
     if not isinstance(value, bool):
-        raise HyperparameterError(name, f"must be true or false, got {value!r} ({type(value).__name__})")
+        raise HyperparameterError(name, f"must be true or false, got a {type(value).__name__}")
     return value
 
 
