@@ -21,6 +21,7 @@ from tunevault.v1 import tunevault_pb2 as pb
 
 PROMPT = "Route: itchy rash on both elbows"
 SYSTEM = "You route clinic notes."
+JOB_NAME = "triage-router"
 
 
 @dataclass
@@ -44,7 +45,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -
             dataset = client.upload_dataset(triage_subset(root / "train.jsonl", rows=24))
             # A high learning rate so the tiny model's answers are words, not the base's blank lines.
             job = client.create_job(dataset.id, "tiny-llama", {"max_steps": 8, "batch_size": 4, "learning_rate": 0.05,
-                                                               "eval_accuracy_max_examples": 0})
+                                                               "eval_accuracy_max_examples": 0}, display_name=JOB_NAME)
             finished = wait_for_state(client, job.id, {"SUCCEEDED", "FAILED", "CANCELLED"})
             assert finished.state == pb.JOB_STATE_SUCCEEDED, finished
         yield Appliance(server, f"127.0.0.1:{http_port}", job.id)
@@ -81,6 +82,15 @@ def test_a_whole_chat_completion_with_history_matches_grpc(appliance: Appliance)
     assert answer.choices[0].message.content == grpc_answer.text
     assert answer.choices[0].finish_reason == grpc_answer.finish_reason
     assert answer.usage.total_tokens == grpc_answer.prompt_tokens + grpc_answer.completion_tokens
+
+
+def test_a_jobs_name_stands_for_its_adapter(appliance: Appliance) -> None:
+    messages = [{"role": "user", "content": PROMPT}]
+    by_name = appliance.sdk().chat.completions.create(model=JOB_NAME, messages=messages, max_tokens=6, temperature=0)
+    by_id = appliance.sdk().chat.completions.create(model=appliance.job_id, messages=messages, max_tokens=6,
+                                                    temperature=0)
+    assert by_name.choices[0].message.content == by_id.choices[0].message.content
+    assert by_name.model == JOB_NAME
 
 
 def test_legacy_completions_continue_plain_text_on_the_base_model(appliance: Appliance) -> None:

@@ -125,20 +125,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, responses.error_body(str(error), "invalid_request_error", error.param))
             return
         answer = responses.Answer(parsed.model, chat)
-        if parsed.stream:
-            self._call(lambda: self._stream(parsed, answer))
-        else:
-            self._call(lambda: self._send_json(200, answer.whole(
-                self.gateway.stub.Generate(parsed.generate, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS))))
+        self._call(lambda: self._answer(parsed, answer))
 
-    def _stream(self, parsed: requests.Parsed, answer: responses.Answer) -> None:
-        call = self.gateway.stub.GenerateStream(parsed.generate, metadata=self._metadata(),
-                                                timeout=CALL_TIMEOUT_SECONDS)
+    def _answer(self, parsed: requests.Parsed, answer: responses.Answer) -> None:
+        try:
+            request = self._by_job_name(parsed.generate)
+        except requests.BadRequest as error:
+            self._send_json(400, responses.error_body(str(error), "invalid_request_error", error.param))
+            return
+        if parsed.stream:
+            self._stream(request, parsed.include_usage, answer)
+        else:
+            self._send_json(200, answer.whole(
+                self.gateway.stub.Generate(request, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS)))
+
+    def _by_job_name(self, request: pb.GenerateRequest) -> pb.GenerateRequest:
+        """A `model` that is no base model may be a job's name (`submit --name`): then that job's adapter."""
+        if not request.base_model:
+            return request
+        listed = self.gateway.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata(), timeout=60)
+        if request.base_model in {m.name for m in listed.models}:
+            return request
+        named = [job.id for job in self._succeeded_jobs() if job.display_name == request.base_model]
+        if len(named) > 1:
+            raise requests.BadRequest(f"{len(named)} SUCCEEDED jobs are named {request.base_model!r} "
+                                      f"({', '.join(named)}): give the job id as model", "model")
+        if named:
+            request = pb.GenerateRequest.FromString(request.SerializeToString())
+            request.job_id = named[0]
+            request.ClearField("base_model")
+        return request  # else unknown: the service's refusal (404) says what the store has
+
+    def _stream(self, request: pb.GenerateRequest, include_usage: bool, answer: responses.Answer) -> None:
+        call = self.gateway.stub.GenerateStream(request, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS)
         pieces = iter(call)
         first = next(pieces)  # a refusal (bad token, unknown model) raises here, before any 200 is sent
         self._start_events()
         try:
-            for event in self._events(answer, parsed.include_usage, first, pieces):
+            for event in self._events(answer, include_usage, first, pieces):
                 self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
             self._write_chunk(b"data: [DONE]\n\n")
             self._write_chunk(b"")
@@ -166,17 +190,20 @@ class _Handler(BaseHTTPRequestHandler):
             yield answer.usage_chunk(last)
 
     def _models(self) -> list[dict]:
-        metadata = self._metadata()
-        listed = self.gateway.stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=60)
-        entries = [responses.model_entry(m.name, 0, "tunevault") for m in listed.models]
+        listed = self.gateway.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata(), timeout=60)
+        return [responses.model_entry(m.name, 0, "tunevault") for m in listed.models] + [
+            responses.model_entry(j.id, j.created_at.seconds, j.tenant or "tunevault") for j in self._succeeded_jobs()]
+
+    def _succeeded_jobs(self) -> Iterator[pb.Job]:
+        """The caller's SUCCEEDED jobs (an admin's: every tenant's), page by page."""
         token = ""
         while True:
             page = self.gateway.stub.ListJobs(pb.ListJobsRequest(states=[pb.JOB_STATE_SUCCEEDED], page_size=500,
-                                                                 page_token=token), metadata=metadata, timeout=60)
-            entries += [responses.model_entry(j.id, j.created_at.seconds, j.tenant or "tunevault") for j in page.jobs]
+                                                                 page_token=token), metadata=self._metadata(), timeout=60)
+            yield from page.jobs
             token = page.next_page_token
             if not token:
-                return entries
+                return
 
     def _one_model(self, model_id: str) -> None:
         found = next((m for m in self._models() if m["id"] == model_id), None)
