@@ -39,6 +39,9 @@ def cmd_add(args: argparse.Namespace) -> int:
             completion = client.generate(args.prompt, job_id=args.job, max_tokens=args.max_tokens,
                                          system=args.system or "").text
             say(f"the adapter's answer:\n{completion}")
+            if not completion.strip():
+                raise SystemExit("the adapter's answer is empty: nothing to rate, nothing recorded "
+                                 "(give a --completion, or try a larger --max-tokens)")
         feedback = client.record_feedback(args.job, args.prompt, completion, rating=_rating(args),
                                           preferred_completion=rewrite, system=args.system or "")
     if args.json:
