@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from tests.conftest import RunningServer, start_server, wait_for_state
+from tests.conftest import start_server, wait_for_state
 from tests.sealed import read_plain
 from tests.tiny_model import triage_subset
 from tunevault.client import Client
@@ -240,7 +240,7 @@ def test_pairs_use_every_rated_answer_round_robin_and_skip_contradictions() -> N
 def _cli(world, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "tunevault.client.cli", *args, "--address", world.server.address,
                "--token", world.tokens["a-submitter"]]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_cli_add_list_export_and_submit_the_dataset_with_dpo(world, tmp_path: Path) -> None:

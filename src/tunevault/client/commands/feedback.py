@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunevault.client.commands.common import UsageError, check_file, connect, connection_options, messages_json, \
-    print_json, say
+from tunevault.client.commands.common import (
+    UsageError,
+    check_file,
+    connect,
+    connection_options,
+    messages_json,
+    print_json,
+    say,
+)
 
 PREVIEW_CHARS = 60
 
@@ -62,7 +69,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for entry in [] if args.json else response.feedback:
         rating = {1: "good", -1: "bad", 0: "-"}[entry.rating]
         rewrite = "rewrite" if entry.has_rewrite else "-"
-        print(f"{entry.id}\t{entry.created_at.ToDatetime():%Y-%m-%d %H:%M}\t{rating}\t{rewrite}\t{_preview(entry.prompt)}")
+        created = f"{entry.created_at.ToDatetime():%Y-%m-%d %H:%M}"
+        print(f"{entry.id}\t{created}\t{rating}\t{rewrite}\t{_preview(entry.prompt)}")
     if response.next_page_token:
         say(f"more: --page-token {response.next_page_token}")
     return 0

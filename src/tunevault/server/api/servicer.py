@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tunevault.server import feedback
 from tunevault.server.api import convert, pagination
 from tunevault.server.api import validation as check
 from tunevault.server.api.auth import check_tenant_name, current_call_site, current_principal, hash_token, new_secret
@@ -22,7 +23,6 @@ from tunevault.server.artifacts import ARCHIVE_NAME, archive_size, read_chunks, 
 from tunevault.server.config import ServerConfig
 from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract import memory_estimate
-from tunevault.server import feedback
 from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tunevault.server.ids import new_id
 from tunevault.server.inference.client import InferenceProcess

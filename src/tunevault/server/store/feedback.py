@@ -26,7 +26,8 @@ class FeedbackRepository:
             db["feedback"].insert({**record.__dict__, "has_rewrite": int(has_rewrite)})
         return record
 
-    def list_feedback(self, job_id: str, limit: int | None = None, before_id: str | None = None) -> list[FeedbackRecord]:
+    def list_feedback(self, job_id: str, limit: int | None = None,
+                      before_id: str | None = None) -> list[FeedbackRecord]:
         """The job's feedback, newest first; limit None: all of it."""
         rows = self._connection.rows("SELECT * FROM feedback WHERE job_id = ? AND (? IS NULL OR id < ?) "
                                      "ORDER BY id DESC LIMIT ?", [job_id, before_id, before_id, limit or -1])
