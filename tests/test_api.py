@@ -40,7 +40,7 @@ def test_health_serves_and_reflection_lists_every_method(server: RunningServer) 
     assert "tunevault.v1.TuneVault" in _grpcurl(server.address, "list").split()
     methods = _grpcurl(server.address, "list", "tunevault.v1.TuneVault").split()
     for name in ("UploadDataset", "CreateJob", "GetJob", "ListJobs", "CancelJob", "StreamJobEvents",
-                 "ListModels", "DownloadArtifact", "Generate"):
+                 "ListModels", "DownloadArtifact", "Generate", "RecordFeedback", "ListFeedback", "ExportFeedback"):
         assert f"tunevault.v1.TuneVault.{name}" in methods
     auth = f"authorization: Bearer {server.admin_token}"
     models = json.loads(_grpcurl("-H", auth, "-d", "{}", server.address, "tunevault.v1.TuneVault/ListModels"))

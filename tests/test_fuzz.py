@@ -111,7 +111,8 @@ def test_random_requests_never_break_the_server(live, dataset, model, values, ke
     by_job_id = [(stub.GetJob, pb.GetJobRequest), (stub.CancelJob, pb.CancelJobRequest),
                  (stub.PauseJob, pb.PauseJobRequest), (stub.ResumeJob, pb.ResumeJobRequest),
                  (stub.DeleteJob, pb.DeleteJobRequest), (stub.ListCheckpoints, pb.ListCheckpointsRequest),
-                 (stub.DownloadArtifact, pb.DownloadArtifactRequest)]
+                 (stub.DownloadArtifact, pb.DownloadArtifactRequest), (stub.ListFeedback, pb.ListFeedbackRequest),
+                 (stub.ExportFeedback, pb.ExportFeedbackRequest)]
     for method, request_type in by_job_id:
         _call(lambda m=method, r=request_type: m(r(job_id=job), metadata=md))
     _call(lambda: stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id=job, no_follow=True, after_sequence=size),
@@ -119,6 +120,9 @@ def test_random_requests_never_break_the_server(live, dataset, model, values, ke
     _call(lambda: stub.GetDataset(pb.GetDatasetRequest(dataset_id=job), metadata=md))
     _call(lambda: stub.Generate(pb.GenerateRequest(job_id=job, base_model=model, prompt=key, max_tokens=size,
                                                    temperature=temperature, top_p=temperature), metadata=md))
+    _call(lambda: stub.RecordFeedback(pb.RecordFeedbackRequest(job_id=job, prompt=key, completion=model,
+                                                               rating=size, preferred_completion=key),
+                                      metadata=md))
     _call(lambda: stub.CreateToken(pb.CreateTokenRequest(tenant=key, role=size % 7), metadata=md))
     _call(lambda: stub.RevokeToken(pb.RevokeTokenRequest(token_id=job), metadata=md))
     _call(lambda: stub.GetJob(pb.GetJobRequest(job_id=job), metadata=(("authorization", f"Bearer {token}"),)))
@@ -174,7 +178,7 @@ def test_server_is_up_and_stored_data_unchanged_after_the_fuzz(live) -> None:
 
 # Below the stubs: malformed bytes to every method, and streams abandoned part-way --------
 
-ROUNDS_PER_METHOD = 90  # x 24 method paths, plus the stream cases: over 2,000 malformed requests
+ROUNDS_PER_METHOD = 90  # x 27 method paths, plus the stream cases: over 2,000 malformed requests
 STREAM_CASES = 60
 BUGS = {"INTERNAL", "UNKNOWN"}
 

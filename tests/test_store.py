@@ -180,3 +180,19 @@ def test_a_failed_transaction_rolls_back_and_releases_the_lock(tmp_path: Path) -
     other = sqlite3.connect(tmp_path / "t.db")  # committed: another connection sees it
     assert other.execute("SELECT x FROM t").fetchall() == [(2,)]
     other.close()
+
+
+def test_feedback_rows_list_newest_first_by_page_and_go_with_their_job(store: Store) -> None:
+    job, other = _queued_job(store), _queued_job(store)
+    made = [store.insert_feedback(feedback_id=f"fb_{n:020d}", job_id=job, tenant="default", rating=(1, -1, 0)[n % 3],
+                                  has_rewrite=n % 3 == 2, sealed=b"sealed", created_by="tok_x") for n in range(5)]
+    store.insert_feedback(feedback_id="fb_" + "9" * 20, job_id=other, tenant="default", rating=1, has_rewrite=False,
+                          sealed=b"sealed", created_by=None)
+    assert [f.id for f in store.list_feedback(job)] == [f.id for f in reversed(made)]
+    assert [f.id for f in store.list_feedback(job, 2, before_id=made[3].id)] == [made[2].id, made[1].id]
+    assert store.list_feedback(job)[0].has_rewrite is False and store.list_feedback(job)[2].has_rewrite is True
+    with pytest.raises(sqlite3.IntegrityError):  # ratings are 1, -1 or 0
+        store.insert_feedback(feedback_id="fb_" + "8" * 20, job_id=job, tenant="default", rating=2,
+                              has_rewrite=False, sealed=b"", created_by=None)
+    assert store.delete_feedback(job) == 5
+    assert store.list_feedback(job) == [] and len(store.list_feedback(other)) == 1

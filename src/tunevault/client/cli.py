@@ -13,7 +13,7 @@ import sys
 import grpc
 
 from tunevault.client import server_commands
-from tunevault.client.commands import appliance, data, generation, jobs, submit
+from tunevault.client.commands import appliance, data, feedback, generation, jobs, submit
 from tunevault.client.commands.common import Handler, UsageError, connection_options, rpc_error_hint, say
 from tunevault.client.commands.generation import recent_exchanges
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_parsers(add)
     jobs.add_parsers(add)
     generation.add_parsers(add)
+    feedback.add_parsers(commands)  # feedback add, list, export
     return parser
 
 

@@ -200,6 +200,25 @@ class Client:
         return self._stub.GenerateStream(_generate_request(prompt, **options), metadata=self._metadata,
                                          timeout=timeout)
 
+    # Feedback ------------------------------------------------------------------------
+
+    def record_feedback(self, job_id: str, prompt: str, completion: str, *, rating: int = 0,
+                        preferred_completion: str = "", system: str = "",
+                        history: list[tuple[str, str]] | None = None) -> pb.Feedback:
+        """Rates a job's answer (1 good, -1 bad, 0 none) and/or gives a better one; history as in generate()."""
+        request = pb.RecordFeedbackRequest(job_id=job_id, prompt=prompt, completion=completion, rating=rating,
+                                           preferred_completion=preferred_completion, system=system,
+                                           history=_turns(history))
+        return self._stub.RecordFeedback(request, metadata=self._metadata).feedback
+
+    def list_feedback(self, job_id: str, page_size: int = 0, page_token: str = "") -> pb.ListFeedbackResponse:
+        request = pb.ListFeedbackRequest(job_id=job_id, page_size=page_size, page_token=page_token)
+        return self._stub.ListFeedback(request, metadata=self._metadata)
+
+    def export_feedback(self, job_id: str, name: str = "") -> pb.ExportFeedbackResponse:
+        """Makes a preference dataset (OpenAI DPO rows) of the job's feedback; FAILED_PRECONDITION without pairs."""
+        return self._stub.ExportFeedback(pb.ExportFeedbackRequest(job_id=job_id, name=name), metadata=self._metadata)
+
     def health(self, service: str = "", timeout: float = 5.0) -> str:
         """The grpc.health.v1 status name, e.g. "SERVING" (imported lazily: health is optional)."""
         request = _health_request(service)
@@ -209,14 +228,17 @@ class Client:
         return method(request, timeout=timeout)
 
 
+def _turns(history: list[tuple[str, str]] | None) -> list[pb.ChatTurn]:
+    return [pb.ChatTurn(role=role, content=text)
+            for user, assistant in history or [] for role, text in (("user", user), ("assistant", assistant))]
+
+
 def _generate_request(prompt: str, *, job_id: str = "", base_model: str = "", max_tokens: int = 0,
                       temperature: float = 0.0, top_p: float = 0.0, stop: list[str] | None = None, system: str = "",
                       history: list[tuple[str, str]] | None = None, raw: bool = False,
                       seed: int | None = None) -> pb.GenerateRequest:
-    turns = [pb.ChatTurn(role=role, content=text)
-             for user, assistant in history or [] for role, text in (("user", user), ("assistant", assistant))]
     return pb.GenerateRequest(prompt=prompt, job_id=job_id, base_model=base_model, max_tokens=max_tokens,
-                              temperature=temperature, top_p=top_p, stop=stop or [], system=system, history=turns,
+                              temperature=temperature, top_p=top_p, stop=stop or [], system=system, history=_turns(history),
                               raw=raw, seed=seed)
 
 

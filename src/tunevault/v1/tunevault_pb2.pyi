@@ -706,3 +706,93 @@ class GenerateStreamResponse(_message.Message):
     prompt_tokens: int
     finish_reason: str
     def __init__(self, delta: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("job_id", "prompt", "system", "history", "completion", "rating", "preferred_completion")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    prompt: str
+    system: str
+    history: _containers.RepeatedCompositeFieldContainer[ChatTurn]
+    completion: str
+    rating: int
+    preferred_completion: str
+    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., completion: _Optional[str] = ..., rating: _Optional[int] = ..., preferred_completion: _Optional[str] = ...) -> None: ...
+
+class Feedback(_message.Message):
+    __slots__ = ("id", "job_id", "created_at", "rating", "has_rewrite", "prompt", "system", "history", "completion", "preferred_completion", "created_by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    HAS_REWRITE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    job_id: str
+    created_at: _timestamp_pb2.Timestamp
+    rating: int
+    has_rewrite: bool
+    prompt: str
+    system: str
+    history: _containers.RepeatedCompositeFieldContainer[ChatTurn]
+    completion: str
+    preferred_completion: str
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rating: _Optional[int] = ..., has_rewrite: _Optional[bool] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., completion: _Optional[str] = ..., preferred_completion: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("feedback",)
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    feedback: Feedback
+    def __init__(self, feedback: _Optional[_Union[Feedback, _Mapping]] = ...) -> None: ...
+
+class ListFeedbackRequest(_message.Message):
+    __slots__ = ("job_id", "page_size", "page_token")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFeedbackResponse(_message.Message):
+    __slots__ = ("feedback", "next_page_token")
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    feedback: _containers.RepeatedCompositeFieldContainer[Feedback]
+    next_page_token: str
+    def __init__(self, feedback: _Optional[_Iterable[_Union[Feedback, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ExportFeedbackRequest(_message.Message):
+    __slots__ = ("job_id", "name")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ExportFeedbackResponse(_message.Message):
+    __slots__ = ("dataset", "pair_count", "rewrite_pairs", "rating_pairs", "feedback_count")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PAIR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    RATING_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    pair_count: int
+    rewrite_pairs: int
+    rating_pairs: int
+    feedback_count: int
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., pair_count: _Optional[int] = ..., rewrite_pairs: _Optional[int] = ..., rating_pairs: _Optional[int] = ..., feedback_count: _Optional[int] = ...) -> None: ...

@@ -140,6 +140,21 @@ class TuneVaultStub:
                 request_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/tunevault.v1.TuneVault/RecordFeedback',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/tunevault.v1.TuneVault/ListFeedback',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ExportFeedback = channel.unary_unary(
+                '/tunevault.v1.TuneVault/ExportFeedback',
+                request_serializer=tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackRequest.SerializeToString,
+                response_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class TuneVaultServicer:
@@ -297,6 +312,29 @@ class TuneVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Records a person's verdict on one answer of a SUCCEEDED job's adapter: a rating, a preferred
+        rewrite, or both. The texts are sealed at rest with the job's data key (DeleteJob shreds them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """Lists a job's feedback, newest first; paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportFeedback(self, request, context):
+        """Turns a job's feedback into a preference dataset (OpenAI DPO rows), stored as an upload is, for
+        a DPO or ORPO job. FAILED_PRECONDITION when the feedback makes no pair yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TuneVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -404,6 +442,21 @@ def add_TuneVaultServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.FromString,
                     response_serializer=tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+            'ExportFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportFeedback,
+                    request_deserializer=tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackRequest.FromString,
+                    response_serializer=tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -974,6 +1027,87 @@ class TuneVault:
             '/tunevault.v1.TuneVault/GenerateStream',
             tunevault_dot_v1_dot_tunevault__pb2.GenerateRequest.SerializeToString,
             tunevault_dot_v1_dot_tunevault__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/RecordFeedback',
+            tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.RecordFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/ListFeedback',
+            tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunevault.v1.TuneVault/ExportFeedback',
+            tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackRequest.SerializeToString,
+            tunevault_dot_v1_dot_tunevault__pb2.ExportFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

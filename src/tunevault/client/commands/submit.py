@@ -54,7 +54,10 @@ def check_model(client: Client, name: str) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    files = [check_file(args.file)] + ([check_file(args.validation_file)] if args.validation_file else [])
+    if (args.file is None) == (args.dataset is None):
+        raise UsageError("give a FILE to upload, or --dataset DATASET_ID to train on a stored dataset (not both)")
+    files = ([check_file(args.file)] if args.file else []) + \
+        ([check_file(args.validation_file)] if args.validation_file else [])
     hyperparameters = parse_sets(args.set)
     not_before = parse_time(args.not_before)
     with connect(args) as client:
@@ -64,8 +67,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             for path in files:
                 uploaded.append(client.upload_dataset(path, data_format=args.format))
                 say(f"uploaded {path}: {uploaded[-1].row_count} rows ({uploaded[-1].id})")
-            train, validation = uploaded[0], uploaded[1] if len(uploaded) > 1 else None
-            job = client.create_job(train.id, args.base_model, hyperparameters,
+            if args.dataset:  # stored already, e.g. by `tunevault feedback export`
+                train_id, validation = args.dataset, uploaded[0] if uploaded else None
+            else:
+                train_id, validation = uploaded[0].id, uploaded[1] if len(uploaded) > 1 else None
+            job = client.create_job(train_id, args.base_model, hyperparameters,
                                     validation_dataset_id=validation.id if validation else "",
                                     idempotency_key=args.idempotency_key, display_name=args.name or "",
                                     priority=args.priority, not_before=not_before,
@@ -74,7 +80,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except BaseException:  # Ctrl-C during an upload too: what reached the server is removed
             _delete_uploads(client, uploaded, "submit failed")
             raise
-        if job.dataset_id != train.id:
+        if job.dataset_id != train_id:
             # The idempotency key named a job made earlier, with the data uploaded back then.
             _delete_uploads(client, uploaded, f"job {job.id} already existed with key {args.idempotency_key}")
         print(job.id, flush=True)
@@ -99,7 +105,9 @@ def _delete_uploads(client: Client, datasets: list[pb.Dataset], why: str) -> Non
 
 def add_parsers(add: AddCommand) -> None:
     submit = add("submit", cmd_submit, "upload a dataset and create a job; prints the job id")
-    submit.add_argument("file", type=Path)
+    submit.add_argument("file", type=Path, nargs="?", help="the training data to upload (or --dataset)")
+    submit.add_argument("--dataset", help="train on this stored dataset instead of uploading a FILE "
+                                          "(e.g. what `tunevault feedback export` made)")
     # --base-model, like the API's field; --model is kept so older scripts still work.
     submit.add_argument("--base-model", "--model", dest="base_model", required=True,
                         help="base model, as `tunevault models` lists it")

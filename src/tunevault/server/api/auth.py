@@ -40,6 +40,7 @@ METHOD_ROLE = {
     "PauseJob": "submitter", "ResumeJob": "submitter", "DeleteJob": "submitter",
     "ListCheckpoints": "viewer", "GetStatus": "viewer", "StreamJobEvents": "viewer",
     "ListModels": "viewer", "DownloadArtifact": "viewer", "Generate": "submitter", "GenerateStream": "submitter",
+    "RecordFeedback": "submitter", "ListFeedback": "viewer", "ExportFeedback": "submitter",
     "CreateToken": "admin", "ListTokens": "admin", "RevokeToken": "admin",
 }
 

@@ -7,7 +7,8 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunevault.server.errors import InvalidArgument
-from tunevault.server.store import DatasetRecord, EventRecord, JobRecord, JobState, TokenRecord
+from tunevault.server.feedback import FeedbackTexts
+from tunevault.server.store import DatasetRecord, EventRecord, FeedbackRecord, JobRecord, JobState, TokenRecord
 from tunevault.v1 import tunevault_pb2 as pb
 
 _LIST_HYPERPARAMETERS = [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields if f.is_repeated]
@@ -121,3 +122,13 @@ def event_to_proto(event: EventRecord) -> pb.JobEvent:
 def token_to_proto(record: TokenRecord) -> pb.Token:
     return pb.Token(id=record.id, tenant=record.tenant, role=pb.Role.Value(f"ROLE_{record.role.upper()}"),
                     name=record.name, created_at=timestamp(record.created_at), revoked_at=timestamp(record.revoked_at))
+
+
+def feedback_to_proto(record: FeedbackRecord, texts: FeedbackTexts) -> pb.Feedback:
+    return pb.Feedback(
+        id=record.id, job_id=record.job_id, created_at=timestamp(record.created_at), rating=record.rating,
+        has_rewrite=record.has_rewrite, prompt=texts.prompt, system=texts.system,
+        history=[pb.ChatTurn(role=role, content=content) for role, content in texts.history],
+        completion=texts.completion, preferred_completion=texts.preferred_completion,
+        created_by=record.created_by or "",
+    )

@@ -7,22 +7,25 @@ tenant's job or dataset is NOT_FOUND: its existence does not leak.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tunevault.server import feedback
 from tunevault.server.api import convert, pagination
 from tunevault.server.api import validation as check
 from tunevault.server.api.auth import check_tenant_name, current_call_site, current_principal, hash_token, new_secret
 from tunevault.server.api.denials import record_denial
-from tunevault.server.api.uploads import receive_dataset
+from tunevault.server.api.uploads import CHUNK_BYTES, receive_dataset
 from tunevault.server.artifacts import ARCHIVE_NAME, archive_size, read_chunks, sha256_of
 from tunevault.server.config import ServerConfig
 from tunevault.server.contract import hyperparameters as hp
 from tunevault.server.contract import memory_estimate
 from tunevault.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tunevault.server.ids import new_id
 from tunevault.server.inference.client import InferenceProcess
 from tunevault.server.model_store import find_model, list_models
 from tunevault.server.privacy.sealing import canary_secrets
@@ -91,8 +94,14 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
     # Datasets ------------------------------------------------------------------------
 
     def UploadDataset(self, request_iterator, context):
-        principal = current_principal()
-        stored, _ = self.store.tenant_usage(principal.tenant)
+        record = self._receive_dataset(request_iterator, current_principal().tenant)
+        self._audit("UploadDataset", dataset_id=record.id, sha256=record.sha256, rows=record.row_count,
+                    size_bytes=record.size_bytes)
+        return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
+
+    def _receive_dataset(self, request_iterator: Iterator[pb.UploadDatasetRequest], tenant: str) -> DatasetRecord:
+        """Stores an upload for `tenant` within its storage quota: the one way a dataset comes in."""
+        stored, _ = self.store.tenant_usage(tenant)
         room = self.config.max_tenant_storage_bytes - stored
         if room <= 0:
             raise ResourceExhausted(f"tenant storage quota reached: max_tenant_storage_bytes={self.config.max_tenant_storage_bytes}")
@@ -100,11 +109,8 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
             limit = ("max_tenant_storage_bytes (what is left of it)", room)
         else:
             limit = ("max_upload_bytes", self.config.max_upload_bytes)
-        record = receive_dataset(request_iterator, self.store, self.config, tenant=principal.tenant,
-                                 max_bytes=limit[1], limit_name=limit[0])
-        self._audit("UploadDataset", dataset_id=record.id, sha256=record.sha256, rows=record.row_count,
-                    size_bytes=record.size_bytes)
-        return pb.UploadDatasetResponse(dataset=convert.dataset_to_proto(record))
+        return receive_dataset(request_iterator, self.store, self.config, tenant=tenant,
+                               max_bytes=limit[1], limit_name=limit[0])
 
     def GetDataset(self, request, context):
         return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(self._dataset("dataset_id", request.dataset_id)))
@@ -236,14 +242,17 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if not job.state.terminal:
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; cancel it before deleting its files")
         # Key first (crypto-shredding): even a file that survives the deletion, or a backup, is unreadable.
+        # The job's feedback is sealed with the same key, so it goes with it; its rows are removed too.
         key_id = default_store().shred("job", job.id)
+        feedback_deleted = self.store.delete_feedback(job.id)
         job_dir = self.config.job_dir(job.id)
         freed = delete_job_files(job_dir) + disk_usage(job_dir / "scrubbed")
         shutil.rmtree(job_dir / "scrubbed", ignore_errors=True)  # the PII step's sealed copies
         if job.artifacts_deleted_at is None:
             self.store.update_job(job.id, artifacts_deleted_at=time.time())
             self.store.append_event(job.id, "job.files_deleted", f"deleted {freed} bytes", {"freed_bytes": freed})
-        self._audit("DeleteJob", tenant=job.tenant, job_id=job.id, freed_bytes=freed, destroyed_key_id=key_id)
+        self._audit("DeleteJob", tenant=job.tenant, job_id=job.id, freed_bytes=freed, destroyed_key_id=key_id,
+                    feedback_deleted=feedback_deleted)
         return pb.DeleteJobResponse(job=self._job_message(self.store.get_job(job.id)), freed_bytes=freed,
                                     destroyed_key_id=key_id or "")
 
@@ -350,6 +359,57 @@ class TuneVaultServicer(pb_grpc.TuneVaultServicer):
         if job.artifacts_deleted_at is not None:
             raise FailedPrecondition(f"job {job.id}'s artifacts were deleted")
         return job
+
+    # Feedback ------------------------------------------------------------------------
+
+    def RecordFeedback(self, request, context):
+        rating, texts = check.feedback(request)
+        job = self._succeeded_job(request.job_id)
+        key = default_store().get_or_create("job", job.id)  # the key its artifacts are sealed with
+        feedback_id = new_id("fb")
+        record = self.store.insert_feedback(
+            feedback_id=feedback_id, job_id=job.id, tenant=job.tenant, rating=rating,
+            has_rewrite=bool(texts.preferred_completion), sealed=feedback.seal_texts(feedback_id, texts, key),
+            created_by=current_principal().token_id)
+        # Sizes only: the texts may carry exactly the data this appliance protects.
+        self._audit("RecordFeedback", tenant=job.tenant, job_id=job.id, feedback_id=record.id, rating=rating,
+                    has_rewrite=record.has_rewrite, completion_chars=len(texts.completion),
+                    prompt_chars=len(texts.prompt) + sum(len(content) for _, content in texts.history))
+        return pb.RecordFeedbackResponse(feedback=convert.feedback_to_proto(record, texts))
+
+    def ListFeedback(self, request, context):
+        job = self._job(request.job_id)
+        size = pagination.page_size(request.page_size)
+        records = self.store.list_feedback(job.id, size + 1, before_id=pagination.decode(request.page_token))
+        token = pagination.encode(records[size - 1].id) if len(records) > size else ""
+        unwrap = default_store().unwrap
+        return pb.ListFeedbackResponse(
+            feedback=[convert.feedback_to_proto(r, feedback.open_texts(r, unwrap)) for r in records[:size]],
+            next_page_token=token)
+
+    def ExportFeedback(self, request, context):
+        job = self._job(request.job_id)
+        name = check.bounded("name", request.name) or f"feedback-{job.id}"
+        unwrap = default_store().unwrap
+        entries = [(r.rating, feedback.open_texts(r, unwrap)) for r in reversed(self.store.list_feedback(job.id))]
+        pairs = feedback.preference_pairs(entries)
+        if not pairs.rows:
+            raise FailedPrecondition(f"job {job.id}: {feedback.missing_pairs_reason(entries)}")
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in pairs.rows).encode("utf-8")
+
+        def upload() -> Iterator[pb.UploadDatasetRequest]:
+            # The same path as UploadDataset: quota, row checks, sealed at rest with a new data key.
+            yield pb.UploadDatasetRequest(metadata=pb.DatasetMetadata(name=name))
+            for start in range(0, len(data), CHUNK_BYTES):
+                yield pb.UploadDatasetRequest(chunk=data[start:start + CHUNK_BYTES])
+
+        record = self._receive_dataset(upload(), job.tenant)
+        self._audit("ExportFeedback", tenant=job.tenant, job_id=job.id, dataset_id=record.id, sha256=record.sha256,
+                    rows=record.row_count, size_bytes=record.size_bytes, feedback_count=len(entries),
+                    rewrite_pairs=pairs.rewrite_pairs, rating_pairs=pairs.rating_pairs)
+        return pb.ExportFeedbackResponse(dataset=convert.dataset_to_proto(record), pair_count=len(pairs.rows),
+                                         rewrite_pairs=pairs.rewrite_pairs, rating_pairs=pairs.rating_pairs,
+                                         feedback_count=len(entries))
 
     # Tokens (admin) ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from tunevault.server.store import DatasetRecord, Store
 from tunevault.v1 import tunevault_pb2 as pb
 
 MAX_NAME_CHARS = 200
+CHUNK_BYTES = 1024 * 1024  # what a client sends per message (at most 1 MiB)
 
 # What an upload's metadata.format asks for: None detects the row format from the rows.
 FORMAT_OVERRIDES: dict[int, str | None] = {

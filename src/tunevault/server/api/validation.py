@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tunevault.server.contract.preference_rows import PREFERENCE_FORMATS
+from tunevault.server.contract.text_checks import unencodable_field
 from tunevault.server.errors import FailedPrecondition, InvalidArgument
+from tunevault.server.feedback import FeedbackTexts
 from tunevault.server.privacy.sealing.encryption import open_plain
 from tunevault.v1 import tunevault_pb2 as pb
 
@@ -157,6 +159,38 @@ def generation(request: pb.GenerateRequest) -> tuple[int, float]:
     if request.raw and (request.system or request.history):
         raise InvalidArgument("raw", "a raw prompt is continued as plain text: give no system message or history")
     return max_tokens, top_p
+
+
+def _text(field: str, value: str, *, required: bool) -> str:
+    """A free text of a request: valid Unicode, within MAX_PROMPT_CHARS, and not blank when required."""
+    if unencodable_field(value) is not None:  # protobuf refuses bad UTF-8; this guards any other way in
+        raise InvalidArgument(field, "holds a lone UTF-16 surrogate: not valid Unicode text")
+    if required and not value.strip():
+        raise InvalidArgument(field, "is empty")
+    return bounded(field, value, MAX_PROMPT_CHARS)
+
+
+def feedback(request: pb.RecordFeedbackRequest) -> tuple[int, FeedbackTexts]:
+    """Checks a RecordFeedback request; returns (rating, texts). Needs a rating, a rewrite, or both."""
+    if request.rating not in (-1, 0, 1):
+        raise InvalidArgument("rating", "must be 1 (good), -1 (bad) or 0 (none, with a preferred_completion)")
+    prompt = _text("prompt", request.prompt, required=True)
+    system = _text("system", request.system, required=False)
+    _check_history(request.history)
+    for index, turn in enumerate(request.history):
+        # An empty turn could not become a preference row (an empty answer teaches nothing).
+        _text(f"history[{index}].content", turn.content, required=True)
+    completion = _text("completion", request.completion, required=True)
+    rewrite = _text("preferred_completion", request.preferred_completion, required=False)
+    if rewrite and not rewrite.strip():
+        raise InvalidArgument("preferred_completion", "is blank: leave it unset, or give the better answer")
+    if not request.rating and not rewrite:
+        raise InvalidArgument("rating", "give a rating (1 good, -1 bad), a preferred_completion, or both")
+    if rewrite == completion:
+        raise InvalidArgument("preferred_completion", "is the same text as completion: there is nothing to prefer")
+    history = tuple((turn.role, turn.content) for turn in request.history)
+    return request.rating, FeedbackTexts(prompt=prompt, system=system, history=history, completion=completion,
+                                         preferred_completion=rewrite)
 
 
 def checkpoint_metrics(path: Path) -> dict[str, float]:

@@ -170,6 +170,7 @@ class Scheduler:
         cutoff = time.time() - self.config.retention_days * 86400
         for job in self.store.finished_before(cutoff):
             default_store().shred("job", job.id)  # crypto-shredding: backups of the files die with the key
+            self.store.delete_feedback(job.id)  # sealed with that key: unreadable now, so gone as well
             freed = delete_job_files(self.config.job_dir(job.id))
             self.store.update_job(job.id, artifacts_deleted_at=time.time())
             self.store.append_event(job.id, "job.files_deleted", f"retention: deleted {freed} bytes", {"freed_bytes": freed})

@@ -113,3 +113,21 @@ class TokenRecord:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "TokenRecord":
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    id: str
+    job_id: str
+    tenant: str
+    rating: int  # 1 good, -1 bad, 0 none
+    has_rewrite: bool
+    sealed: bytes = field(repr=False)  # the texts, sealed with the job's data key (never plaintext here)
+    created_by: str | None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "FeedbackRecord":
+        values = {k: row[k] for k in cls.__dataclass_fields__}
+        values["has_rewrite"] = bool(row["has_rewrite"])
+        return cls(**values)

@@ -1,7 +1,7 @@
 """The Store: the one object through which the server reads and writes its database.
 
 It owns the connection and its lock (db.Connection) and hands them to one repository per
-aggregate: datasets.py, jobs.py, tokens.py, audit_log.py, events.py. Callers see only the
+aggregate: datasets.py, jobs.py, tokens.py, audit_log.py, events.py, feedback.py. Callers see only the
 Store's methods; each is the repository's own method, so its signature and docstring are
 written once, there.
 """
@@ -14,6 +14,7 @@ from tunevault.server.store.audit_log import AuditLog
 from tunevault.server.store.datasets import DatasetRepository
 from tunevault.server.store.db import Connection
 from tunevault.server.store.events import EventLog
+from tunevault.server.store.feedback import FeedbackRepository
 from tunevault.server.store.jobs import JobRepository
 from tunevault.server.store.tokens import TokenRepository
 
@@ -30,6 +31,7 @@ class Store:
         # A job's events and its CreateJob audit entry share the job's transaction.
         jobs = JobRepository(self._connection, events, audit)
         tokens = TokenRepository(self._connection)
+        feedback = FeedbackRepository(self._connection)
 
         self.insert_dataset = datasets.insert_dataset
         self.get_dataset = datasets.get_dataset
@@ -62,6 +64,10 @@ class Store:
         self.list_tokens = tokens.list_tokens
         self.revoke_token = tokens.revoke_token
         self.count_tokens = tokens.count_tokens
+
+        self.insert_feedback = feedback.insert_feedback
+        self.list_feedback = feedback.list_feedback
+        self.delete_feedback = feedback.delete_feedback
 
         self.append_audit = audit.append_audit
         self.audit_entries = audit.audit_entries
