@@ -123,6 +123,63 @@ def test_clipping_bounds_each_examples_contribution(lora_model, rows, dp_step) -
     assert float(alone.norm()) == pytest.approx(norms[0], rel=1e-3)
 
 
+@pytest.fixture(scope="module")
+def pairs(lora_model):
+    from tunevault.server.training.preference_data import prepare_preference_data
+
+    _, tokenizer = lora_model
+    resolved = hp.resolve(hp.validate({"validation_fraction": 0.25}), train_rows=32)
+    return prepare_preference_data(tokenizer, EXAMPLES / "preference.jsonl", None, resolved).train[:4]
+
+
+def _dpo_pair_losses(model):
+    """DPO's per-pair losses as the preference trainer computes them under DP (reference: adapter disabled)."""
+    from tunevault.server.training.preference_objective import answer_logps, dpo_losses, reference_logps
+
+    def losses(module, batch):
+        per_pair = dpo_losses(answer_logps(module, batch), reference_logps(model, batch), beta=0.5)[0]
+        return per_pair, per_pair.detach().sum()
+    return losses
+
+
+def _summed_clipped_pairs(step, optimizer, model, batch, max_grad_norm: float) -> torch.Tensor:
+    step.optimizer.max_grad_norm = max_grad_norm
+    step.step([batch], _dpo_pair_losses(model), rows_per_example=2)
+    return torch.cat([g.flatten() for g in optimizer.seen[-1]])
+
+
+def test_a_pairs_two_rows_are_one_example_the_unclipped_sum_is_the_dpo_gradient(lora_model, pairs, dp_step) -> None:
+    from tunevault.server.training.preference_objective import collate_pairs
+
+    model, tokenizer = lora_model
+    step, optimizer = dp_step
+    batch = collate_pairs(pairs[:3], tokenizer.pad_token_id)
+    opacus_sum = _summed_clipped_pairs(step, optimizer, model, batch, max_grad_norm=1e6)
+    step.module.disable_hooks()
+    try:
+        grads = torch.autograd.grad(_dpo_pair_losses(model)(model, batch)[0].sum(),
+                                    quantized_model.trainable_parameters(model))
+    finally:
+        step.module.enable_hooks()
+    assert torch.allclose(opacus_sum, torch.cat([g.flatten() for g in grads]), rtol=1e-3, atol=1e-6)
+
+
+def test_clipping_bounds_each_pairs_contribution_chosen_and_rejected_together(lora_model, pairs, dp_step) -> None:
+    from tunevault.server.training.preference_objective import collate_pairs
+
+    model, tokenizer = lora_model
+    step, optimizer = dp_step
+    alone = [_summed_clipped_pairs(step, optimizer, model, collate_pairs([p], tokenizer.pad_token_id), 1e6).norm()
+             for p in pairs]
+    clip = 0.5 * float(min(alone))  # every pair is clipped
+    everyone = _summed_clipped_pairs(step, optimizer, model, collate_pairs(pairs, tokenizer.pad_token_id), clip)
+    for k in range(len(pairs)):
+        others = collate_pairs(pairs[:k] + pairs[k + 1:], tokenizer.pad_token_id)
+        contribution = float((everyone - _summed_clipped_pairs(step, optimizer, model, others, clip)).norm())
+        # Exactly the bound: clipped per row, a pair could move the weights by up to twice it.
+        assert contribution == pytest.approx(clip, rel=1e-2), (k, contribution, clip)
+
+
 def test_micro_batches_of_one_step_sum_like_one_batch(lora_model, rows, dp_step) -> None:
     _, tokenizer = lora_model
     step, optimizer = dp_step

@@ -33,7 +33,6 @@ def _upload(client, path: Path, rows: list[dict]):
     ("orpo", "sft", {}, "dataset_id"),
     ("sft", "pairs", {}, "dataset_id"),
     ("", "pairs", {}, "dataset_id"),  # unspecified is SFT
-    ("dpo", "pairs", {"dp_epsilon": 8.0}, "hyperparameters.dp_epsilon"),
     ("dpo", "pairs", {"orpo_lambda": 0.5}, "hyperparameters.orpo_lambda"),
     ("orpo", "pairs", {"preference_beta": 0.5}, "hyperparameters.preference_beta"),
     ("sft", "sft", {"preference_beta": 0.5}, "hyperparameters.preference_beta"),

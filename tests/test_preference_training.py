@@ -79,3 +79,19 @@ def test_a_killed_orpo_worker_restarts_from_its_last_checkpoint(tmp_path: Path, 
     restarted = run_worker(tmp_path, "job")
     assert restarted.of_type("step")[0]["metrics"]["step"] == 3
     assert "preference_accuracy" in result_of(restarted)
+
+
+def test_a_dp_dpo_job_draws_pairs_clips_per_pair_and_spends_at_most_its_epsilon(
+        tmp_path: Path, tiny_models_dir: Path) -> None:
+    job_dir = preference_job(tmp_path, "dp", tiny_models_dir, "dpo", rows=32, dp_epsilon=8.0, dp_delta=1e-5,
+                             batch_size=4, gradient_accumulation_steps=2)
+    run = run_worker(tmp_path, "dp")
+    result = result_of(run)
+    assert 0 < result["dp_epsilon"] <= 8.0 and result["dp_steps"] == 4
+    train_pairs = run.of_type("data.prepared")[0]["metrics"]["train_rows"]
+    assert result["dp_sample_rate"] == pytest.approx(8 / train_pairs)  # the expected batch counts pairs
+    # Poisson draws of whole pairs: never more pairs than the set has, and chosen + rejected travel together.
+    assert all(0 <= e["metrics"]["dp_examples"] <= train_pairs for e in run.of_type("step"))
+    assert {"preference_accuracy", "base_preference_accuracy", "reward_margin"} <= set(result)
+    privacy = json.loads((job_dir / "artifacts" / "metrics.json").read_text())["privacy"]["differential_privacy"]
+    assert privacy["unit"].startswith("one preference pair") and privacy["epsilon"] == result["dp_epsilon"]

@@ -105,10 +105,6 @@ def method_fits(method: str, requested: dict[str, Any], formats: dict[str, str])
         # The audit plants canaries as SFT rows; a preference job has no place for them yet.
         raise InvalidArgument("hyperparameters.canary_repetitions", f"the memorization audit is not available with "
                                                                     f"method {method.upper()} yet")
-    if any(name in requested for name in ("dp_epsilon", "dp_noise_multiplier")):
-        # Per-example clipping would have to clip per pair (chosen and rejected together); not built yet.
-        raise InvalidArgument("hyperparameters.dp_epsilon", f"differential privacy is not available with method "
-                                                             f"{method.upper()} yet; use SFT for a DP guarantee")
 
 
 def pii_mode(value: int) -> str:

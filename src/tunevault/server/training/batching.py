@@ -206,10 +206,17 @@ def poisson_micro_batches(
     gives an empty list. rng must be secret (random.SystemRandom in the trainer): an adversary who
     knew which rows each step used would get no privacy amplification from sampling.
     """
-    chosen = [i for i in range(len(rows)) if rng.random() < sample_rate]
-    # Longest first: less padding; the order inside a step does not change the sum of its clipped gradients.
-    chosen.sort(key=lambda i: (-len(rows[i].input_ids), i))
+    chosen = poisson_draw([len(row.input_ids) for row in rows], sample_rate, rng)
     return [collate([rows[i] for i in chosen[s : s + batch_size]], pad_token_id) for s in range(0, len(chosen), batch_size)]
+
+
+def poisson_draw(lengths: list[int], sample_rate: float, rng: random.Random) -> list[int]:
+    """The indexes of the examples one DP-SGD step uses: each independently with probability sample_rate.
+
+    Longest first: less padding; the order inside a step does not change the sum of its clipped gradients.
+    """
+    chosen = [i for i in range(len(lengths)) if rng.random() < sample_rate]
+    return sorted(chosen, key=lambda i: (-lengths[i], i))
 
 
 def eval_batches(rows: list[TokenizedRow], batch_size: int, pad_token_id: int) -> list[Batch]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,8 +58,14 @@ class DPStep:
         self.sampler = random.SystemRandom()
         self.params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(self, micro_batches: list[Batch]) -> torch.Tensor:
-        """One optimizer step over a Poisson-drawn step's micro-batches; returns its summed token loss (detached).
+    def step(self, micro_batches: list[Batch], losses: Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]] | None = None,
+             rows_per_example: int = 1) -> torch.Tensor:
+        """One optimizer step over a Poisson-drawn step's micro-batches; returns its summed reported loss (detached).
+
+        losses(module, batch) gives (each example's loss, the loss to report); by default an SFT
+        row's summed token loss. rows_per_example 2 is a preference pair batch (the n chosen rows,
+        then the n rejected): a pair's loss depends on its two rows, so their per-row gradients
+        are summed into the pair's before clipping, and the pair is the unit of privacy.
 
         An empty draw still takes a step of noise alone: skipping it would tell an observer of
         the weights that the draw was empty, and the accountant counts it either way. (The HF
@@ -70,8 +77,10 @@ class DPStep:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             self.optimizer.step()
         for i, batch in enumerate(micro_batches):
-            per_row, token_loss = per_example_loss(self.module, batch)
-            per_row.sum().backward()
+            per_example, token_loss = (losses or per_example_loss)(self.module, batch)
+            per_example.sum().backward()
+            if rows_per_example > 1:
+                self._fold_rows_into_examples(rows_per_example)
             if i < len(micro_batches) - 1:
                 self.optimizer.signal_skip_step(do_skip=True)  # clip and sum now, noise and update at the last
             self.optimizer.step()
@@ -80,6 +89,13 @@ class DPStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return loss_total
+
+    def _fold_rows_into_examples(self, rows_per_example: int) -> None:
+        """Per-row gradients (rows_per_example blocks of n rows) summed into n per-example gradients."""
+        for p in self.params:
+            rows = p.grad_sample
+            n = rows.shape[0] // rows_per_example
+            p.grad_sample = sum(rows[k * n:(k + 1) * n] for k in range(rows_per_example))
 
     @property
     def steps(self) -> int:

@@ -12,13 +12,14 @@ ORPO needs no reference: the chosen answer's SFT loss plus an odds-ratio term.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from tunevault.server.training.batching import Batch, collate, epoch_plan
+from tunevault.server.training.batching import Batch, collate, epoch_plan, poisson_draw
 from tunevault.server.training.objective import row_summed_loss
 from tunevault.server.training.preference_data import TokenizedPair
 from tunevault.server.training.stopping import StopFlag
@@ -109,6 +110,14 @@ def score_pairs(model: Any, batches: list[Batch], stop: StopFlag | None = None) 
     finally:
         model.train(was_training)
     return PairScores(chosen, rejected)
+
+
+def poisson_pair_batches(pairs: list[TokenizedPair], sample_rate: float, rng: random.Random, pairs_per_batch: int,
+                         pad_token_id: int) -> list[Batch]:
+    """One DP-SGD step's pairs, each drawn independently with probability sample_rate (batching.poisson_micro_batches for pairs)."""
+    chosen = poisson_draw([p.length for p in pairs], sample_rate, rng)
+    return [collate_pairs([pairs[i] for i in chosen[s:s + pairs_per_batch]], pad_token_id)
+            for s in range(0, len(chosen), pairs_per_batch)]
 
 
 def eval_pair_batches(pairs: list[TokenizedPair], pairs_per_batch: int, pad_token_id: int) -> list[Batch]:

@@ -6,6 +6,10 @@ loss (on the chosen answers), export and the report. Held-out preference accurac
 pairs where the chosen answer is the likelier one) and the mean log-probability margin are
 measured on the base (adapter disabled) and after training; DPO jobs also report the implicit
 reward accuracy and margin against that base.
+
+With differential privacy the unit is a pair: pairs are Poisson-drawn, and a pair's two rows'
+gradients are summed into one before clipping (dp_sgd.DPStep, rows_per_example=2), so what is
+protected is each preference judgement, chosen and rejected answer together.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tunevault.server.training.preference_objective import (
     dpo_losses,
     eval_pair_batches,
     orpo_losses,
+    poisson_pair_batches,
     reference_logps,
     score_pairs,
 )
@@ -36,15 +41,15 @@ EVAL_PAIRS = EVAL_BATCH_ROWS // 2  # a pair batch holds two rows per pair
 class PreferenceTrainer(QLoRATrainer):
     """A DPO or ORPO job (spec.method)."""
 
+    ROWS_PER_EXAMPLE = 2
+    PRIVACY_UNIT = "one preference pair (prompt, chosen and rejected answer)"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._base: PairScores | None = None
 
     def _prepare_data(self) -> JobData:
-        # The API refuses these; a spec written by hand must not fall back to SFT-style DP or canaries.
-        if self.spec.hyperparameters.dp:
-            raise hp.HyperparameterError("dp_epsilon", f"differential privacy is not available with method "
-                                                       f"{self.spec.method.upper()} yet")
+        # The API refuses this; a spec written by hand must not plant SFT canaries in a preference job.
         if self.spec.hyperparameters.canary_repetitions:
             raise hp.HyperparameterError("canary_repetitions", f"the memorization audit is not available with "
                                                                f"method {self.spec.method.upper()} yet")
@@ -88,12 +93,28 @@ class PreferenceTrainer(QLoRATrainer):
         label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
         return micro_batches, loss_total / pairs * label_tokens
 
-    def _pair_losses(self, batch: Any) -> torch.Tensor:
+    def _pair_losses(self, batch: Any, policy_model: Any = None) -> torch.Tensor:
+        """Each pair's loss; policy_model is the model the gradient flows through (DP: its per-example wrapper)."""
+        policy_model = policy_model if policy_model is not None else self.model
         if self.spec.method == "dpo":
             reference = reference_logps(self.model, batch)  # before the policy pass: no graph held meanwhile
-            return dpo_losses(answer_logps(self.model, batch), reference, self._beta)[0]
-        policy = answer_logps(self.model, batch)
+            return dpo_losses(answer_logps(policy_model, batch), reference, self._beta)[0]
+        policy = answer_logps(policy_model, batch)
         return orpo_losses(policy, answer_tokens(batch, policy.device), self._orpo_lambda)[0]
+
+    def _dp_step(self) -> tuple[list[Any], torch.Tensor]:
+        """A DP-SGD step on Poisson-drawn pairs, each pair clipped as one example; the loss as _step reports it."""
+        micro_batches = poisson_pair_batches(self.pairs.train, self.dp.sample_rate, self.dp.sampler,
+                                             self.hp.batch_size, self.tokenizer.pad_token_id)
+
+        def losses(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            per_pair = self._pair_losses(batch, module)
+            return per_pair, per_pair.detach().sum()
+
+        total = self.dp.step(micro_batches, losses, rows_per_example=2)
+        pairs = max(1, sum(b.input_ids.shape[0] // 2 for b in micro_batches))
+        label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
+        return micro_batches, total / pairs * label_tokens
 
     # Evaluation ---------------------------------------------------------------------
 

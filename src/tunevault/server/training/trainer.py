@@ -77,6 +77,9 @@ def _file_digest(path: Path | None) -> str:
 class QLoRATrainer:
     """Fine-tunes one job: 4-bit NF4 base, LoRA adapters, AdamW on the adapters only."""
 
+    ROWS_PER_EXAMPLE = 1  # batch rows per training example: a preference pair has two
+    PRIVACY_UNIT = "one training row"  # what DP-SGD protects (and clips) as one example
+
     def __init__(self, spec: JobSpec, events: EventWriter, stop: StopFlag, ranks: Ranks | None = None) -> None:
         self.spec = spec
         # Under torchrun: this process's rank (distributed.py); rank 0 alone writes anything.
@@ -202,6 +205,12 @@ class QLoRATrainer:
             pack_tokens=None if self.dp_enabled else self.data.max_seq_len,
             fixed_width=self.device.type == "cuda",
         )
+
+    def _dp_step(self) -> tuple[list[Any], torch.Tensor]:
+        """One DP-SGD step on a fresh Poisson draw of rows (a hook: preference jobs draw pairs)."""
+        micro_batches = poisson_micro_batches(self.data.train, self.dp.sample_rate, self.dp.sampler,
+                                              self.hp.batch_size, self.tokenizer.pad_token_id)
+        return micro_batches, self.dp.step(micro_batches)
 
     def _plan_dp(self) -> None:
         """The noise for the target epsilon (or the epsilon of the given noise), with the preflight's warnings as events."""
@@ -375,9 +384,7 @@ class QLoRATrainer:
             if self.dp is None:
                 micro_batches, loss_total = self._step(max_grad_norm)
             else:
-                micro_batches = poisson_micro_batches(self.data.train, self.dp.sample_rate, self.dp.sampler,
-                                                      self.hp.batch_size, self.tokenizer.pad_token_id)
-                loss_total = self.dp.step(micro_batches)
+                micro_batches, loss_total = self._dp_step()
             self.scheduler.step()
             step_label_tokens = max(1, sum(b.label_tokens for b in micro_batches))
             step_loss = float(loss_total)  # the step's one wait on the device
@@ -405,7 +412,7 @@ class QLoRATrainer:
                 "epoch": self.stream.epochs_done if self.dp is None else step * self.dp.sample_rate,
             }
             if self.dp is not None:
-                metrics["dp_examples"] = sum(b.input_ids.shape[0] for b in micro_batches)
+                metrics["dp_examples"] = sum(b.input_ids.shape[0] for b in micro_batches) // self.ROWS_PER_EXAMPLE
             self.state.history.append({
                 "type": "step", **metrics, "label_tokens": step_label_tokens, "step_seconds": seconds,
                 "step_tokens": step_tokens, "step_slots": sum(b.slots for b in micro_batches),
@@ -585,7 +592,7 @@ class QLoRATrainer:
             "noise_multiplier": figures["dp_noise_multiplier"], "sample_rate": figures["dp_sample_rate"],
             "steps": self.dp.steps, "max_grad_norm": figures["dp_max_grad_norm"],
             "expected_batch": self.dp_plan.expected_batch, "sampling": "poisson",
-            "unit": "one training row", "trained": "LoRA weights only",
+            "unit": self.PRIVACY_UNIT, "trained": "LoRA weights only",
         }
 
     def _export_merged(self, adapter_dir: Path) -> None:
