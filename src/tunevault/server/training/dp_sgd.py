@@ -58,7 +58,8 @@ class DPStep:
         self.sampler = random.SystemRandom()
         self.params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(self, micro_batches: list[Batch], losses: Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    def step(self, micro_batches: list[Batch],
+             losses: Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]] | None = None,
              rows_per_example: int = 1) -> torch.Tensor:
         """One optimizer step over a Poisson-drawn step's micro-batches; returns its summed reported loss (detached).
 

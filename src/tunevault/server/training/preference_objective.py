@@ -114,7 +114,7 @@ def score_pairs(model: Any, batches: list[Batch], stop: StopFlag | None = None) 
 
 def poisson_pair_batches(pairs: list[TokenizedPair], sample_rate: float, rng: random.Random, pairs_per_batch: int,
                          pad_token_id: int) -> list[Batch]:
-    """One DP-SGD step's pairs, each drawn independently with probability sample_rate (batching.poisson_micro_batches for pairs)."""
+    """One DP-SGD step's pairs, each drawn with probability sample_rate (batching.poisson_micro_batches for pairs)."""
     chosen = poisson_draw([p.length for p in pairs], sample_rate, rng)
     return [collate_pairs([pairs[i] for i in chosen[s:s + pairs_per_batch]], pad_token_id)
             for s in range(0, len(chosen), pairs_per_batch)]
