@@ -75,6 +75,21 @@ def minimal_metrics() -> dict[str, Any]:
 
 # Unit ---------------------------------------------------------------------------------
 
+def test_label_like_answers_get_a_per_class_table_and_the_mistakes(tmp_path: Path) -> None:
+    metrics = {**realistic_metrics(), "labels": {
+        "per_class": [{"label": "cardiology", "examples": 3, "correct": 2, "accuracy": 2 / 3},
+                      {"label": "a|b", "examples": 1, "correct": 1, "accuracy": 1.0}],
+        "confusions": [{"expected": "cardiology", "answered": "", "count": 1}]}}
+    _, report = write_report(tmp_path, metrics)
+    text = report.read_text()
+    assert "| cardiology | 3 | 2 | 66.7% |" in text
+    assert "| a\\|b | 1 | 1 | 100.0% |" in text  # a label cannot open a cell
+    assert "| cardiology | (nothing) | 1 |" in text
+    (tmp_path / "plain").mkdir()
+    _, plain = write_report(tmp_path / "plain", realistic_metrics())
+    assert "per class" not in plain.read_text()
+
+
 def test_writes_a_small_readable_png_and_a_report_with_the_key_figures(tmp_path: Path) -> None:
     curve, report = write_report(tmp_path, realistic_metrics())
     assert (curve.name, report.name) == ("loss_curve.png", "report.md")

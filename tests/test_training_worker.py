@@ -62,6 +62,15 @@ def test_worker_trains_and_writes_adapter_and_metrics(finished: WorkerRun, jobs:
     assert metrics["hyperparameters"]["max_steps"] == 6 and metrics["hyperparameters"]["learning_rate"] > 0
     assert [h["step"] for h in metrics["history"] if h["type"] == "step"] == list(range(1, 7))
     assert any(h["type"] == "eval" for h in metrics["history"])
+    # The triage routes are labels: per class, the same answers the accuracy counted.
+    per_class = metrics["labels"]["per_class"]
+    assert sum(c["examples"] for c in per_class) == metrics["data"]["accuracy_examples"]
+    assert sum(c["correct"] for c in per_class) / metrics["data"]["accuracy_examples"] == pytest.approx(result["accuracy"])
+    assert "## Exact match per class" in (artifacts / "report.md").read_text()
+    # The forgetting check: measured on the base before training, on the adapter after, both in the report.
+    baseline = finished.of_type("eval.baseline")[0]["metrics"]
+    assert result["base_general_loss"] == baseline["base_general_loss"] > 0 and result["general_loss"] > 0
+    assert "general-prompt loss (forgetting check)" in (artifacts / "report.md").read_text()
     assert json.loads((artifacts / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert (jobs / "job-a" / "checkpoints" / "step-4" / "adapter_model.safetensors").is_file()
 

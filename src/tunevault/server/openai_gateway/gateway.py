@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -43,9 +44,10 @@ class Gateway:
 
     def __init__(self, listen: str, grpc_target: str, tls: ssl.SSLContext | None = None) -> None:
         host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
         self.channel = grpc.insecure_channel(grpc_target)
         self.stub = pb_grpc.TuneVaultStub(self.channel)
-        self.httpd = _Server((host.strip("[]") or "0.0.0.0", int(port)), _Handler)
+        self.httpd = (_Server6 if ":" in host else _Server)((host, int(port)), _Handler)
         self.httpd.gateway = self
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
@@ -82,6 +84,10 @@ class _Server(ThreadingHTTPServer):
             log.info("HTTP client %s: %s", client_address[0], error)
         else:
             log.exception("HTTP request from %s failed", client_address[0])
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # --openai-listen [::]:8000
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -159,7 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, request: pb.GenerateRequest, include_usage: bool, answer: responses.Answer) -> None:
         call = self.gateway.stub.GenerateStream(request, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS)
         pieces = iter(call)
-        first = next(pieces)  # a refusal (bad token, unknown model) raises here, before any 200 is sent
+        first = next(pieces, None)  # a refusal (bad token, unknown model) raises here, before any 200 is sent
+        if first is None:  # the service always ends with a closing message; this would be a fault
+            self._send_json(502, responses.error_body("the stream ended without an answer", "server_error"))
+            return
         self._start_events()
         try:
             for event in self._events(answer, include_usage, first, pieces):

@@ -34,6 +34,7 @@ class TrainState:
     train_seconds: float = 0.0
     base_eval_loss: float | None = None
     base_accuracy: float | None = None
+    base_general_loss: float | None = None  # general_probe: the base model's loss on the general prompts
     last_eval_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # step and eval events, for the loss curve
     best_eval_loss: float | None = None  # early stopping: the lowest eval loss seen, and where

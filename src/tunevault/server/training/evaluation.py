@@ -88,21 +88,31 @@ def _generate_batch(model: Any, tokenizer: Any, examples: list[AccuracyExample])
 
 def exact_match_accuracy(model: Any, tokenizer: Any, examples: list[AccuracyExample], stop: StopFlag | None = None) -> float:
     """Share of examples whose greedy answer equals the reference after strip()."""
-    if not examples:
+    return match_share(exact_match_answers(model, tokenizer, examples, stop))
+
+
+def match_share(answers: list[tuple[str, str]]) -> float:
+    """Share of (reference, answer) pairs that match after strip(); NaN for none."""
+    if not answers:
         return float("nan")
+    return sum(reference.strip() == answer.strip() for reference, answer in answers) / len(answers)
+
+
+def exact_match_answers(model: Any, tokenizer: Any, examples: list[AccuracyExample],
+                        stop: StopFlag | None = None) -> list[tuple[str, str]]:
+    """Each example's (reference, greedy answer), in the examples' order."""
     was_training = model.training
     model.eval()
     # Similar prompt lengths together keep left padding short.
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i].prompt_ids), i))
-    correct = 0
+    answers: dict[int, str] = {}
     try:
         with torch.no_grad():
             for start in range(0, len(order), GENERATION_BATCH_ROWS):
                 if stop is not None:
                     stop.check()
-                chunk = [examples[i] for i in order[start : start + GENERATION_BATCH_ROWS]]
-                for example, text in zip(chunk, _generate_batch(model, tokenizer, chunk)):
-                    correct += text.strip() == example.reference.strip()
+                chunk = order[start : start + GENERATION_BATCH_ROWS]
+                answers.update(zip(chunk, _generate_batch(model, tokenizer, [examples[i] for i in chunk])))
     finally:
         model.train(was_training)
-    return correct / len(examples)
+    return [(examples[i].reference, answers[i]) for i in range(len(examples))]

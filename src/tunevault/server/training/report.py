@@ -125,6 +125,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         f"# Fine-tuning report: {metrics.get('job_id', 'unknown job')}",
         _data_section(metrics.get("data") or {}),
         _eval_section(result, metrics.get("history") or []),
+        _labels_section(metrics.get("labels")),
         _training_section(result),
         _privacy_section((metrics.get("privacy") or {}).get("differential_privacy")),
         _memorization_section((metrics.get("privacy") or {}).get("memorization_audit")),
@@ -149,6 +150,7 @@ def _eval_section(result: dict[str, Any], history: list[dict[str, Any]]) -> str:
         _before_after("eval loss", result, "eval_loss", _figure, _loss_change),
         _before_after("eval perplexity", result, "eval_perplexity", _figure, _loss_change),
         _before_after("exact-match accuracy", result, "accuracy", _percent, _accuracy_change),
+        _before_after("general-prompt loss (forgetting check)", result, "general_loss", _figure, _loss_change),
     ]
     rows = [r for r in rows if r]
     if not rows:
@@ -157,6 +159,21 @@ def _eval_section(result: dict[str, Any], history: list[dict[str, Any]]) -> str:
     lines += [f"| {' | '.join(r)} |" for r in rows]
     stopping = _early_stopping(result, history)
     return "\n".join(lines) + (f"\n\n{stopping}" if stopping else "")
+
+
+def _labels_section(labels: dict[str, Any] | None) -> str:
+    """Per-class exact match and the confusions, for label-like answers (training/label_scores.py)."""
+    if not labels:
+        return ""
+    lines = ["## Exact match per class (fine-tuned, validation examples)", "",
+             "| expected answer | examples | correct | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {_cell(c['label'])} | {c['examples']} | {c['correct']} | {_percent(c['accuracy'])} |"
+              for c in labels["per_class"]]
+    if labels["confusions"]:
+        lines += ["", "Most frequent mistakes:", "", "| expected | answered instead | times |", "|---|---|---|"]
+        lines += [f"| {_cell(c['expected'])} | {_cell(c['answered'] or '(nothing)')} | {c['count']} |"
+                  for c in labels["confusions"]]
+    return "\n".join(lines)
 
 
 def _before_after(name: str, result: dict[str, Any], key: str, show: Callable[[float], str],

@@ -32,7 +32,9 @@ from tunevault.server.training.canary_audit import MemorizationAudit
 from tunevault.server.training.checkpoints import TrainState
 from tunevault.server.training.distributed import Ranks
 from tunevault.server.training.dp_sgd import DPStep, plan_and_announce
-from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy
+from tunevault.server.training import label_scores
+from tunevault.server.training.general_probe import GeneralProbe
+from tunevault.server.training.evaluation import eval_loss, exact_match_accuracy, exact_match_answers, match_share
 from tunevault.server.training.fused_kernels import apply_fused_kernels, model_type
 from tunevault.server.training.job_data import JobData, prepare_job_data
 from tunevault.server.training.lr_schedule import make_scheduler
@@ -88,6 +90,7 @@ class QLoRATrainer:
         self.stop = stop
         self.state = TrainState()
         self.dp: DPStep | None = None
+        self.labels: dict[str, Any] | None = None  # label_scores.summary of the final eval
         self.memorization_result: dict[str, Any] | None = None
         self.dp_plan: Any = None  # privacy.dp_plan.DPPlan of a DP job
 
@@ -105,6 +108,7 @@ class QLoRATrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.base_model_dir), local_files_only=True)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.general = self._general_probe()
         self.data: JobData = self._prepare_data()
         self.hp = self.data.hyperparameters
         # Memorization audit: canary rows join the training rows after the data checks (off: no change).
@@ -275,8 +279,17 @@ class QLoRATrainer:
 
     # Evaluation ---------------------------------------------------------------------
 
+    def _general_probe(self) -> GeneralProbe | None:
+        """The forgetting check's prompts; None for a base model without a chat template to render them."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        return GeneralProbe(self.tokenizer)
+
     def baseline(self) -> None:
         """Eval loss and accuracy of the untouched base model (adapter disabled), once per job."""
+        if self.general is not None and self.state.base_general_loss is None:
+            with self.model.disable_adapter():
+                self.state.base_general_loss = self.general.loss(self.model, self.stop)
         if self.state.base_eval_loss is not None:
             return
         key = baseline_cache.cache_key(self.data.validation, self.data.accuracy_examples,
@@ -291,6 +304,8 @@ class QLoRATrainer:
         loss, accuracy = scores.loss, scores.accuracy
         self.state.base_eval_loss, self.state.base_accuracy = loss, accuracy
         metrics = {"step": 0, "base_eval_loss": loss, "base_eval_cached": float(cached is not None)}
+        if self.state.base_general_loss is not None:
+            metrics["base_general_loss"] = self.state.base_general_loss
         if accuracy is not None:
             metrics["base_accuracy"] = accuracy
         what = "base model (scores cached by an earlier job)" if cached is not None else "base model"
@@ -482,7 +497,12 @@ class QLoRATrainer:
         """Eval loss of the final weights, or of the best ones when early stopping keeps those; then accuracy."""
         loss = eval_loss(self.model, self.eval_set, self.stop)
         loss = self._restore_best_if_better(loss)
-        accuracy = self._accuracy()
+        accuracy = None
+        if self.data.accuracy_examples:
+            # The answers themselves, once: the accuracy, and per class where the answers are labels.
+            answers = exact_match_answers(self.model, self.tokenizer, self.data.accuracy_examples, self.stop)
+            accuracy = match_share(answers)
+            self.labels = label_scores.summary(answers)
         self.state.last_eval_loss = loss
         metrics = {"step": self.state.step, "eval_loss": loss, "eval_perplexity": perplexity(loss)}
         if accuracy is not None:
@@ -495,6 +515,7 @@ class QLoRATrainer:
         """Final eval, then the adapter and metrics.json, written atomically; returns the result metrics."""
         try:
             eval_final, accuracy = self._final_eval()
+            general_loss = self.general.loss(self.model, self.stop) if self.general is not None else None
             self.memorization_result = self._audit_memorization()
         except StopRequested:
             self.save_checkpoint()  # all steps are done; a resumed job goes straight to this eval
@@ -508,6 +529,9 @@ class QLoRATrainer:
             "stopped_early": float(self.state.stopped_early),
             "accuracy": accuracy,
             "base_accuracy": self.state.base_accuracy,
+            # The forgetting check (general_probe.py): the general prompts' answer loss, base and adapter.
+            "general_loss": general_loss,
+            "base_general_loss": self.state.base_general_loss,
             "train_loss": self._train_loss(),
             "trained_tokens": self.state.trained_tokens,
             "steps": self.state.step,
@@ -544,6 +568,9 @@ class QLoRATrainer:
                     "quantization": "bitsandbytes nf4, double quantization",
                 },
                 "privacy": {"differential_privacy": self._privacy(), "memorization_audit": self.memorization_result},
+                # Per-class exact match and confusions on label-like answers: here (sealed with the
+                # artifacts) and in report.md, never in the result event, which the server stores as is.
+                "labels": self.labels,
                 "history": self.state.history,
             }
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
