@@ -58,6 +58,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pii_bench import SETS, load, match, prf  # noqa: E402
 
+# The product's BIO-to-span grouping, so the survey measured what the scrubber runs.
+from tunevault.server.privacy.pii.ner import raw_spans
+
 DEV_SET = SETS["main"]
 SCORED = ("NAME", "LOCATION", "ADDRESS", "PHONE")
 PLACE_TYPES = {"LOCATION", "ADDRESS", "ZIP"}
@@ -150,39 +153,6 @@ def rampart_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models" / "rampart"
 
 
-def rampart_spans(text: str, labels: list[str], offsets: list[tuple[int, int]], words: list[int | None]) -> list[tuple[int, int, str]]:
-    """BIO tokens -> raw typed spans, the usual "first sub-word" aggregation.
-
-    A word takes its first sub-word's label (the model often tags each piece of "Tucson" B-CITY,
-    which read token by token would make three cities). A span goes on into the next word of the
-    same type when nothing stands between them ("740-555-0193" is five words), or only
-    whitespace stands between them and the next word is not tagged B-.
-    """
-    spans: list[tuple[int, int, str]] = []
-    current: list | None = None  # [start, end, kind] of the open span
-    last_word = None
-    for label, (start, end), word in zip(labels, offsets, words):
-        if end <= start or word is None:  # [CLS], [SEP]
-            continue
-        if word == last_word:  # a later piece of the same word: extends whatever the word began
-            if current is not None and current[1] <= start:
-                current[1] = end
-            continue
-        last_word = word
-        kind = label[2:]
-        gap = text[current[1]:start] if current is not None else None
-        joins = gap == "" or (gap is not None and not gap.strip() and not label.startswith("B-"))
-        if label != "O" and current is not None and current[2] == kind and joins:
-            current[1] = end
-            continue
-        if current is not None:
-            spans.append(tuple(current))  # type: ignore[arg-type]
-        current = None if label == "O" else [start, end, kind]
-    if current is not None:
-        spans.append(tuple(current))  # type: ignore[arg-type]
-    return spans
-
-
 def rampart_findings(text: str, raw: list[tuple[int, int, str]]) -> list[Finding]:
     """Raw Rampart spans -> the scrubber's types (see the module docstring)."""
     found: list[Finding] = []
@@ -256,7 +226,7 @@ def load_rampart() -> tuple[Detector, None]:
             chunk = order[at:at + 8]
             for k, row_labels in zip(chunk, run_batch([encodings[k] for k in chunk])):
                 labels[k] = row_labels
-        return [rampart_findings(t, rampart_spans(t, labels[k], encodings[k].offsets, encodings[k].word_ids))  # type: ignore[arg-type]
+        return [rampart_findings(t, raw_spans(t, labels[k], encodings[k].offsets, encodings[k].word_ids))  # type: ignore[arg-type]
                 for k, t in enumerate(texts)]
 
     return detect, None

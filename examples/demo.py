@@ -70,14 +70,18 @@ def first_validation_row(path: Path) -> tuple[str, str, str]:
     return by_role.get("system", ""), by_role["user"], by_role["assistant"]
 
 
-def report(job: dict) -> None:
-    metrics = job.get("result", {}).get("metrics", {})
-    rows = [("eval loss", "base_eval_loss", "eval_loss", "{:.4f}"),
-            ("task accuracy (exact match)", "base_accuracy", "accuracy", "{:.1%}")]
-    print(f"\n{'':30}{'before':>10}{'after':>10}")
+def before_after(metrics: dict, rows: list[tuple[str, str, str, str]], width: int) -> None:
+    """A before/after table of (label, base key, adapter key, format) rows the result has."""
+    print(f"\n{'':{width}}{'before':>10}{'after':>10}")
     for label, before, after, fmt in rows:
         if before in metrics and after in metrics:
-            print(f"{label:30}{fmt.format(metrics[before]):>10}{fmt.format(metrics[after]):>10}")
+            print(f"{label:{width}}{fmt.format(metrics[before]):>10}{fmt.format(metrics[after]):>10}")
+
+
+def report(job: dict) -> None:
+    metrics = job.get("result", {}).get("metrics", {})
+    before_after(metrics, [("eval loss", "base_eval_loss", "eval_loss", "{:.4f}"),
+                           ("task accuracy (exact match)", "base_accuracy", "accuracy", "{:.1%}")], 30)
     extra = {k: v for k, v in metrics.items() if k in ("train_loss", "trained_tokens", "steps", "train_seconds")}
     print("  " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(extra.items())))
 
@@ -89,12 +93,9 @@ DPO_SETTINGS = ("max_steps=10", "batch_size=4", "learning_rate=0.0005", "prefere
 def preference_report(job: dict) -> None:
     """Held-out pairs, base vs adapter: how often the preferred answer is the likelier one, and by how much."""
     metrics = job.get("result", {}).get("metrics", {})
-    rows = [("preferred answer likelier", "base_preference_accuracy", "preference_accuracy", "{:.1%}"),
-            ("log p(preferred) - log p(other)", "base_preference_margin", "preference_margin", "{:+.2f}")]
-    print(f"\n{'':34}{'before':>10}{'after':>10}")
-    for label, before, after, fmt in rows:
-        if before in metrics and after in metrics:
-            print(f"{label:34}{fmt.format(metrics[before]):>10}{fmt.format(metrics[after]):>10}")
+    before_after(metrics, [
+        ("preferred answer likelier", "base_preference_accuracy", "preference_accuracy", "{:.1%}"),
+        ("log p(preferred) - log p(other)", "base_preference_margin", "preference_margin", "{:+.2f}")], 34)
     if "reward_margin" in metrics:
         print(f"  DPO reward margin {metrics['reward_margin']:+.3f}, reward accuracy {metrics['reward_accuracy']:.1%}")
 

@@ -151,8 +151,11 @@ class App:
 
     def _start_gateway(self, target: str) -> None:
         config = self.config
-        tls = tls_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
-        assert config.openai_listen is not None and (tls is None or config.tls_key is not None)
+        assert config.openai_listen is not None
+        tls = None
+        if config.tls_cert:
+            assert config.tls_key is not None, "--tls-key is required with --tls-cert"
+            tls = tls_context(config.tls_cert, config.tls_key, config.tls_client_ca)
         try:
             self.gateway = Gateway(config.openai_listen, target, tls)
         except OSError as error:

@@ -139,14 +139,20 @@ class _Handler(BaseHTTPRequestHandler):
         except requests.BadRequest as error:
             self._send_json(400, responses.error_body(str(error), "invalid_request_error", error.param))
             return
+        if request is None:
+            self._send_json(404, responses.model_not_found(parsed.model))
+            return
         if parsed.stream:
             self._stream(request, parsed.include_usage, answer)
         else:
             self._send_json(200, answer.whole(
                 self.gateway.stub.Generate(request, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS)))
 
-    def _by_job_name(self, request: pb.GenerateRequest) -> pb.GenerateRequest:
-        """A `model` that is no base model may be a job's name (`submit --name`): then that job's adapter."""
+    def _by_job_name(self, request: pb.GenerateRequest) -> pb.GenerateRequest | None:
+        """A `model` that is no base model may be a job's name (`submit --name`): then that job's adapter.
+
+        None when it is neither: OpenAI answers an unknown model with 404 (gRPC's Generate says
+        INVALID_ARGUMENT for its base_model field, naming the server's model store)."""
         if not request.base_model:
             return request
         listed = self.gateway.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata(), timeout=60)
@@ -156,11 +162,12 @@ class _Handler(BaseHTTPRequestHandler):
         if len(named) > 1:
             raise requests.BadRequest(f"{len(named)} SUCCEEDED jobs are named {request.base_model!r} "
                                       f"({', '.join(named)}): give the job id as model", "model")
-        if named:
-            request = pb.GenerateRequest.FromString(request.SerializeToString())
-            request.job_id = named[0]
-            request.ClearField("base_model")
-        return request  # else unknown: the service's refusal (404) says what the store has
+        if not named:
+            return None
+        request = pb.GenerateRequest.FromString(request.SerializeToString())
+        request.job_id = named[0]
+        request.ClearField("base_model")
+        return request
 
     def _stream(self, request: pb.GenerateRequest, include_usage: bool, answer: responses.Answer) -> None:
         call = self.gateway.stub.GenerateStream(request, metadata=self._metadata(), timeout=CALL_TIMEOUT_SECONDS)
@@ -217,8 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _one_model(self, model_id: str) -> None:
         found = next((m for m in self._models() if m["id"] == model_id), None)
         if found is None:
-            self._send_json(404, responses.error_body(f"The model '{model_id}' does not exist", "invalid_request_error",
-                                                      "model", "model_not_found"))
+            self._send_json(404, responses.model_not_found(model_id))
         else:
             self._send_json(200, found)
 

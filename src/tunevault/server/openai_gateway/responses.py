@@ -28,7 +28,11 @@ STATUS = {
 # GenerateRequest's fields as the OpenAI request names them.
 PARAMS = {"base_model": "model", "job_id": "model", "prompt": "messages", "history": "messages",
           "system": "messages"}
-UNKNOWN_BASE_MODEL = "base_model: unknown model"
+
+
+def model_not_found(model: str) -> dict[str, Any]:
+    """OpenAI's answer (with 404) to a model it does not know."""
+    return error_body(f"The model '{model}' does not exist", "invalid_request_error", "model", "model_not_found")
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -41,9 +45,6 @@ def rpc_error(error: grpc.RpcError) -> tuple[int, dict[str, Any]]:
     message = error.details() or error.code().name
     field, _, _ = message.partition(":")
     param = field if error.code() == grpc.StatusCode.INVALID_ARGUMENT and field.isidentifier() else None
-    if message.startswith(UNKNOWN_BASE_MODEL):
-        # INVALID_ARGUMENT on gRPC (a bad field); OpenAI answers an unknown model with 404.
-        status, kind, param = 404, "not_found_error", "model"
     return status, error_body(message, kind, PARAMS.get(param, param), "model_not_found" if status == 404 else None)
 
 
